@@ -1,0 +1,35 @@
+"""attngraph's own error types. Every message names the thing at fault, what was expected, and the fix."""
+
+from __future__ import annotations
+
+
+class AttnGraphError(Exception):
+    """Base class of every error attngraph raises on purpose."""
+
+
+class GraphError(AttnGraphError, ValueError):
+    """A graph breaks an IR rule (types, SSA, arity, attributes). Quotes the node's text line."""
+
+
+class ConfigError(AttnGraphError, ValueError):
+    """An attention configuration cannot be built (e.g. heads do not divide d_model)."""
+
+
+class InputError(AttnGraphError, ValueError):
+    """An array given to a compiled graph does not match the graph's declared input."""
+
+
+class WeightError(AttnGraphError, ValueError):
+    """A weight is missing, unexpected, or has the wrong shape or dtype."""
+
+
+class SerializationError(AttnGraphError, ValueError):
+    """A saved graph file is malformed or of an unknown format version."""
+
+
+class BackendUnavailable(AttnGraphError, ImportError):
+    """A backend's package is not installed; the message names the pip extra that brings it."""
+
+
+class LoweringError(AttnGraphError, RuntimeError):
+    """A backend cannot lower or run a node; names the op, the backend and the node's text line."""
