@@ -116,7 +116,9 @@ class Backend:
 
     name: str = "?"
     rules: Rules
-    options: dict[str, Any] = {}
+    # ``fuse``: let the backend fuse the attention core into its own kernel (True for speed and
+    # memory); False runs the primitive chain op by op, which is how tests pin each rule.
+    options: dict[str, Any] = {"fuse": True}
 
     def to_backend(self, array: np.ndarray, options: dict[str, Any]) -> Any:
         return array
@@ -125,9 +127,11 @@ class Backend:
         return np.asarray(value)
 
     def prepare(self, graph: Graph, options: dict[str, Any]) -> Graph:
-        """Rewrite the graph for this backend; by default, expand ops the rules do not cover."""
-        from attngraph.passes.decompose import decompose
+        """Rewrite the graph for this backend: fuse the core when allowed, expand ops without a rule."""
+        from attngraph.passes import decompose, fuse_attention
 
+        if options.get("fuse") and Op.ATTENTION in self.rules:
+            graph = fuse_attention(graph)
         return decompose(graph, keep=set(self.rules))
 
     def make_state(self, graph: Graph, options: dict[str, Any]) -> Any:

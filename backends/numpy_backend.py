@@ -112,14 +112,7 @@ class NumpyBackend(Backend):
 
     name = "numpy"
     rules = rules
-    options = {"fuse": True, "max_scores_bytes": 64 << 20}
-
-    def prepare(self, graph: Graph, options: dict) -> Graph:
-        if options["fuse"]:
-            from attngraph.passes import fuse_attention
-
-            graph = fuse_attention(graph)
-        return super().prepare(graph, options)
+    options = {**Backend.options, "max_scores_bytes": 64 << 20}
 
     def make_state(self, graph: Graph, options: dict) -> dict:
         return {"max_scores_bytes": int(options["max_scores_bytes"])}
