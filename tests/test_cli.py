@@ -1,0 +1,43 @@
+"""The command line: info, show (build, save, load) and run, including its error path."""
+
+from __future__ import annotations
+
+import attngraph as ag
+from attngraph.cli import COMMANDS, main
+
+
+def test_info_lists_backends(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "Packages" in out and "numpy" in out and "available" in out
+
+
+def test_show_builds_saves_and_loads(tmp_path, capsys):
+    path = tmp_path / "g.json"
+    assert main(["show", "--causal", "--kv-heads", "2", "--kv-cache", "--save", str(path)]) == 0
+    printed = capsys.readouterr().out
+    graph = ag.load_graph(path)
+    assert printed.strip() == str(graph)
+    assert "mask(%qk_scaled) {causal=True, offset='past_len'" in printed
+    assert main(["show", "--load", str(path), "--pipeline", "O1"]) == 0
+    assert "attention(%qh, %present_key, %present_value)" in capsys.readouterr().out
+
+
+def test_run_prints_a_summary(capsys):
+    assert main(["run", "--kind", "cross", "--kdim", "24", "--mask", "additive", "--q-len", "5", "--kv-len", "9",
+                 "--return-weights", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "graph cross_attention on numpy" in out
+    assert "y               [2, 5, 64]" in out and "attn_weights    [2, 4, 5, 9]" in out
+
+
+def test_errors_are_one_line_and_exit_2(capsys):
+    assert main(["run", "--heads", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("attngraph run: error: num_heads=3 does not divide d_model=64")
+    assert main(["run", "--backend", "nope", "--repeat", "1"]) == 2
+    assert "unknown backend 'nope'" in capsys.readouterr().err
+
+
+def test_commands_are_a_table_later_issues_extend():
+    assert {"info", "show", "run"} <= set(COMMANDS)
