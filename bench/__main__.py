@@ -1,0 +1,142 @@
+"""``python -m bench``: time every installed implementation on every case, beside the peers.
+
+    python -m bench --quick                 # tiny shapes, about a minute
+    python -m bench                         # d_model 512, 8 heads, B 1/8, T 128..4096, full and causal
+    python -m bench --json out.json --out bench/results --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import report
+from bench.cases import DEFAULT, QUICK, BenchCase
+from bench.impls import all_impls, export_key
+from bench.runner import run_worker
+from bench.workload import reference
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="tiny shapes: a one-minute smoke run")
+    p.add_argument("--impls", default="*", help="comma-separated name patterns, e.g. 'torch-*,attngraph-*'")
+    p.add_argument("--seqs", type=int, nargs="*", help="override the sequence lengths")
+    p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (torch and onnxruntime peers)")
+    p.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (at most)")
+    p.add_argument("--min-repeats", type=int, default=3)
+    p.add_argument("--budget", type=float, default=15.0, help="seconds of timed calls per measurement")
+    p.add_argument("--max-rss-gib", type=float, default=16.0, help="kill a worker whose RSS passes this")
+    p.add_argument("--timeout", type=float, default=600.0, help="kill a worker running longer than this")
+    p.add_argument("--out", default="bench/results", help="folder for bench.json, bench.md and the plots")
+    p.add_argument("--json", help="also write the raw figures to this path")
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def select_cases(args) -> list[BenchCase]:
+    cases = QUICK if args.quick else DEFAULT
+    if args.seqs:
+        cases = [c for c in cases if c.seq in args.seqs] or [BenchCase(**{**cases[0].to_dict(), "seq": s})
+                                                              for s in args.seqs]
+    if args.batches:
+        cases = [c for c in cases if c.batch in args.batches]
+    return cases
+
+
+def select_impls(pattern: str):
+    pats = [p.strip() for p in pattern.split(",") if p.strip()]
+    return [i for n, i in all_impls().items() if any(fnmatch.fnmatch(n, p) for p in pats)]
+
+
+def _missing(impl) -> list[str]:
+    return [m for m in impl.needs if importlib.util.find_spec(m) is None]
+
+
+def _progress(total: int):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="run", file=sys.stderr, dynamic_ncols=True)
+    except ImportError:
+        return None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from attngraph.sysinfo import describe_machine
+
+    cases, impls = select_cases(args), select_impls(args.impls)
+    limit = int(args.max_rss_gib * 2**30)
+    workdir = Path(tempfile.mkdtemp(prefix="attngraph-bench-"))
+    ceilings_todo = ["gemm-numpy", "gemm-torch", "gemm-onnxruntime", "copy"]
+    exports = sorted({export_key(c): c for c in cases}.items()) if any(i.name == "ort-torch-export" for i in impls) else []
+    bar = _progress(len(ceilings_todo) + len(exports) + len(cases) * len(impls))
+    started = time.time()
+
+    def step(desc: str) -> None:
+        if bar is not None:
+            bar.set_description(desc[:60])
+
+    def done() -> None:
+        if bar is not None:
+            bar.update(1)
+
+    ceilings = {}
+    for what in ceilings_todo:
+        step(f"ceiling {what}")
+        ceilings[what] = run_worker({"mode": "ceiling", "what": what}, max_rss_bytes=limit, timeout_s=300)
+        done()
+    export_results = {}
+    for key, case in exports:
+        step(f"export {key}")
+        export_results[key] = run_worker({"mode": "export", "case": case.to_dict(),
+                                          "path": str(workdir / "exports" / f"{key}.onnx")},
+                                         max_rss_bytes=limit, timeout_s=600)
+        done()
+    results = []
+    for ci, case in enumerate(cases):
+        step(f"reference {case.key}")
+        ref_path = workdir / f"ref{ci}.npy"
+        np.save(ref_path, reference(case, args.seed))
+        for impl in impls:
+            step(f"{impl.name} {case.key}")
+            row = {"case": case.to_dict(), "case_key": case.key, "impl": impl.name, "family": impl.family,
+                   "flops": case.flops(impl.skips_masked), "skips_masked": impl.skips_masked}
+            why = impl.supports(case) or (f"needs {', '.join(_missing(impl))}" if _missing(impl) else None)
+            need = impl.score_copies * case.batch * case.heads * case.seq**2 * 4
+            if why is None and need > limit:
+                why = f"would hold ~{need / 2**30:.0f} GiB of scores (limit {args.max_rss_gib:.0f} GiB)"
+            if why is None and impl.name == "ort-torch-export" and export_results[export_key(case)].get("status") != "ok":
+                why = "torch.onnx.export failed: " + export_results[export_key(case)].get("reason", "?")
+            if why:
+                row.update(status="skipped", reason=why)
+            else:
+                spec = {"mode": "case", "case": case.to_dict(), "impl": impl.name, "seed": args.seed,
+                        "device": args.device, "workdir": str(workdir), "ref_path": str(ref_path),
+                        "repeats": args.repeats, "min_repeats": args.min_repeats, "budget_s": args.budget}
+                row.update(run_worker(spec, max_rss_bytes=limit, timeout_s=args.timeout))
+            results.append(row)
+            done()
+        ref_path.unlink()
+    if bar is not None:
+        bar.close()
+    data = report.assemble(describe_machine(), ceilings, export_results, results, args, time.time() - started)
+    out = Path(args.out)
+    files = report.write_all(data, out, extra_json=args.json)
+    print(report.terminal_table(data))
+    print("\nwrote " + ", ".join(str(f) for f in files), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
