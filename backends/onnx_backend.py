@@ -110,18 +110,19 @@ class OnnxBackend(Backend):
     options = {**Backend.options, "style": "auto", "opset": None, "providers": None,
                "graph_optimization_level": "all", "intra_op_num_threads": 0, "inter_op_num_threads": 0}
 
-    def session(self, model_bytes: bytes, opts: dict, float64: bool = False) -> ort.InferenceSession:
+    def session(self, model: bytes | str, opts: dict, float64: bool = False) -> ort.InferenceSession:
         so = ort.SessionOptions()
         if opts["graph_optimization_level"] not in OPT_LEVELS:
             raise AttnGraphError(f"graph_optimization_level must be one of {sorted(OPT_LEVELS)}")
         so.graph_optimization_level = OPT_LEVELS[opts["graph_optimization_level"]]
         so.intra_op_num_threads = int(opts["intra_op_num_threads"])
         so.inter_op_num_threads = int(opts["inter_op_num_threads"])
+        so.log_severity_level = 3  # errors only: onnxruntime warns about its own Attention output-shape inference
         # onnxruntime folds a Mul into FusedMatMul's float32 `alpha`, costing float64 graphs ~1e-8 relative
         # error; keep float64 exact by switching that one rewrite off.
         disabled = ["MatMulScaleFusion"] if float64 else []
         try:
-            return ort.InferenceSession(model_bytes, so, providers=opts["providers"] or best_providers(),
+            return ort.InferenceSession(model, so, providers=opts["providers"] or best_providers(),
                                         disabled_optimizers=disabled)
         except Exception as e:  # onnxruntime raises its own exception types
             raise LoweringError(f"onnxruntime could not load the model: {e}") from e
@@ -134,7 +135,7 @@ class OnnxBackend(Backend):
 
             model = load_model(graph)
             ir_graph = _graph_of(model)
-            data = model.SerializeToString()
+            data = os.fspath(graph)  # a path, so onnxruntime finds external data beside it
         else:
             ir_graph = graph
             style = "decomposed" if opts["style"] == "auto" and not opts["fuse"] else opts["style"]
