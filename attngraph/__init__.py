@@ -17,7 +17,7 @@ The semantics every backend follows are in ``attngraph.ir``'s docstring.
 
 from __future__ import annotations
 
-from attngraph.api import compile
+from attngraph.api import compile  # noqa: F401 - public, but not in __all__ (shadows the builtin)
 from attngraph.builder import GraphBuilder
 from attngraph.errors import (
     AttnGraphError, BackendUnavailable, ConfigError, GraphError, InputError, LoweringError,

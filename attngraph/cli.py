@@ -3,6 +3,7 @@
     attngraph info                         Python, packages, hardware, backends (available or why not)
     attngraph show [graph flags] [--save]  build or load a graph and print its text form
     attngraph run  [graph flags] --backend numpy --batch 2 --q-len 16
+    attngraph export OUT.onnx [graph flags] --style auto|decomposed|attention|contrib
 """
 
 from __future__ import annotations
@@ -116,10 +117,43 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_args(p: argparse.ArgumentParser) -> None:
+    _show_args(p)
+    p.add_argument("output", help="path of the .onnx file to write")
+    p.add_argument("--style", default="auto", choices=["auto", "decomposed", "attention", "contrib"])
+    p.add_argument("--opset", type=int, help="ONNX opset (default per style: 18, or 23 for 'attention')")
+    p.add_argument("--weights", metavar="NPZ", help="weights saved with Weights.save (default: random, --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--external-data", action="store_true", help="weights in a side file <output>.data")
+
+
+def _export(args: argparse.Namespace) -> int:
+    import onnx
+
+    from attngraph.cli_graph import graph_from_args
+    from attngraph.onnx_export import export_onnx
+    from attngraph.weights import Weights
+
+    graph = graph_from_args(args)
+    weights = Weights.load(args.weights) if args.weights else Weights.random(graph, seed=args.seed)
+    path = export_onnx(graph, args.output, weights=weights, style=args.style, opset=args.opset,
+                       external_data=args.external_data or None)
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    ops = sorted({n.op_type for n in model.graph.node})
+    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB): style {props['attngraph.style']}, "
+          f"opset {model.opset_import[0].version}, {len(model.graph.node)} nodes ({', '.join(ops)})")
+    print("inputs:  " + ", ".join(f"{v.name}{[d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}"
+                                  for v in model.graph.input))
+    print("outputs: " + ", ".join(v.name for v in model.graph.output))
+    return 0
+
+
 COMMANDS: dict[str, Command] = {
     "info": Command("show Python, packages, hardware and which backends are available", _info_args, _info),
     "show": Command("build (or load) a graph and print its text form", _show_args, _show),
     "run": Command("run a graph on random inputs on a backend and summarise the outputs", _run_args, _run),
+    "export": Command("export a graph (from flags or --load) to an ONNX file", _export_args, _export),
 }
 
 

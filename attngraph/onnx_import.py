@@ -31,7 +31,11 @@ def load_model(source):
     if isinstance(source, onnx.ModelProto):
         return source
     try:
-        data = source if isinstance(source, bytes) else open(os.fspath(source), "rb").read()
+        if isinstance(source, bytes):
+            data = source
+        else:
+            with open(os.fspath(source), "rb") as f:
+                data = f.read()
     except OSError as e:
         raise SerializationError(f"cannot read ONNX file {str(source)!r}: {e.strerror or e}") from None
     try:

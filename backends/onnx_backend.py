@@ -9,7 +9,6 @@ Batch and sequence axes stay symbolic, so one exported file serves every shape.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ import onnxruntime as ort
 from onnx import helper
 
 from attngraph.errors import AttnGraphError, LoweringError
-from attngraph.ir import DType, Graph, Op
+from attngraph.ir import DType, Graph
 from attngraph.lowering import Backend, Executable, interpret
 from attngraph.verify import verify_graph
 from attngraph.weights import Weights

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib.util
-import json
 import sys
 import tempfile
 import time
@@ -20,22 +19,22 @@ import numpy as np
 
 from bench import report
 from bench.cases import DEFAULT, QUICK, BenchCase
-from bench.impls import all_impls, export_key
+from bench.impls import EXPORTERS, all_impls, export_key
 from bench.runner import run_worker
-from bench.workload import reference
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny shapes: a one-minute smoke run")
-    p.add_argument("--impls", default="*", help="comma-separated name patterns, e.g. 'torch-*,attngraph-*'")
+    p.add_argument("--impls", default="default", help="'default' (the peers and each attngraph backend), 'all', "
+                   "or comma-separated name patterns, e.g. 'ort-*,attngraph-onnx-*'")
     p.add_argument("--seqs", type=int, nargs="*", help="override the sequence lengths")
     p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch and onnxruntime peers)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (at most)")
     p.add_argument("--min-repeats", type=int, default=3)
     p.add_argument("--budget", type=float, default=15.0, help="seconds of timed calls per measurement")
-    p.add_argument("--max-rss-gib", type=float, default=16.0, help="kill a worker whose RSS passes this")
+    p.add_argument("--max-rss-gib", type=float, default=12.0, help="skip or kill a worker whose RSS passes this")
     p.add_argument("--timeout", type=float, default=600.0, help="kill a worker running longer than this")
     p.add_argument("--out", default="bench/results", help="folder for bench.json, bench.md and the plots")
     p.add_argument("--json", help="also write the raw figures to this path")
@@ -54,7 +53,9 @@ def select_cases(args) -> list[BenchCase]:
 
 
 def select_impls(pattern: str):
-    pats = [p.strip() for p in pattern.split(",") if p.strip()]
+    if pattern == "default":
+        return [i for i in all_impls().values() if i.default]
+    pats = ["*"] if pattern == "all" else [p.strip() for p in pattern.split(",") if p.strip()]
     return [i for n, i in all_impls().items() if any(fnmatch.fnmatch(n, p) for p in pats)]
 
 
@@ -79,7 +80,9 @@ def main(argv=None) -> int:
     limit = int(args.max_rss_gib * 2**30)
     workdir = Path(tempfile.mkdtemp(prefix="attngraph-bench-"))
     ceilings_todo = ["gemm-numpy", "gemm-torch", "gemm-onnxruntime", "copy"]
-    exports = sorted({export_key(c): c for c in cases}.items()) if any(i.name == "ort-torch-export" for i in impls) else []
+    kinds = sorted({EXPORTERS[i.name] for i in impls if i.name in EXPORTERS})
+    exports = sorted({export_key(c, k): (c, k) for c in cases for k in kinds
+                      if not (k == "mha" and c.kv_heads != c.heads)}.items())
     bar = _progress(len(ceilings_todo) + len(exports) + len(cases) * len(impls))
     started = time.time()
 
@@ -97,9 +100,9 @@ def main(argv=None) -> int:
         ceilings[what] = run_worker({"mode": "ceiling", "what": what}, max_rss_bytes=limit, timeout_s=300)
         done()
     export_results = {}
-    for key, case in exports:
+    for key, (case, kind) in exports:
         step(f"export {key}")
-        export_results[key] = run_worker({"mode": "export", "case": case.to_dict(),
+        export_results[key] = run_worker({"mode": "export", "case": case.to_dict(), "kind": kind,
                                           "path": str(workdir / "exports" / f"{key}.onnx")},
                                          max_rss_bytes=limit, timeout_s=600)
         done()
@@ -107,7 +110,10 @@ def main(argv=None) -> int:
     for ci, case in enumerate(cases):
         step(f"reference {case.key}")
         ref_path = workdir / f"ref{ci}.npy"
-        np.save(ref_path, reference(case, args.seed))
+        made = run_worker({"mode": "reference", "case": case.to_dict(), "seed": args.seed, "path": str(ref_path)},
+                          max_rss_bytes=limit, timeout_s=args.timeout)
+        if made.get("status") != "ok":
+            raise SystemExit(f"the float64 reference for {case.key} failed: {made.get('reason')}")
         for impl in impls:
             step(f"{impl.name} {case.key}")
             row = {"case": case.to_dict(), "case_key": case.key, "impl": impl.name, "family": impl.family,
@@ -116,8 +122,9 @@ def main(argv=None) -> int:
             need = impl.score_copies * case.batch * case.heads * case.seq**2 * 4
             if why is None and need > limit:
                 why = f"would hold ~{need / 2**30:.0f} GiB of scores (limit {args.max_rss_gib:.0f} GiB)"
-            if why is None and impl.name == "ort-torch-export" and export_results[export_key(case)].get("status") != "ok":
-                why = "torch.onnx.export failed: " + export_results[export_key(case)].get("reason", "?")
+            exported = export_results.get(export_key(case, EXPORTERS.get(impl.name, "")), {})
+            if why is None and impl.name in EXPORTERS and exported.get("status") != "ok":
+                why = "torch.onnx.export failed: " + exported.get("reason", "?")
             if why:
                 row.update(status="skipped", reason=why)
             else:

@@ -26,6 +26,7 @@ class Impl:
     needs: tuple[str, ...] = ()                   # packages it imports
     supports: Callable[[BenchCase], str | None] = lambda case: None   # reason it cannot run, or None
     score_copies: float = 0.0                     # full (B,H,T,T) fp32 score tensors it holds at once
+    default: bool = True                          # in the default run (others need --impls)
 
 
 def _torch_weights(w, device):
@@ -85,15 +86,23 @@ def _setup_torch_mha(case, w, x, device, workdir):
     return run, lambda out: out.cpu().numpy()
 
 
-def _setup_ort_export(case, w, x, device, workdir):
+def _ort_session(path, device):
     import onnxruntime as ort
 
-    path = Path(workdir) / "exports" / f"{export_key(case)}.onnx"
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if str(device).startswith("cuda") else \
         ["CPUExecutionProvider"]
-    sess = ort.InferenceSession(str(path), providers=[p for p in providers if p in ort.get_available_providers()])
+    return ort.InferenceSession(str(path), providers=[p for p in providers if p in ort.get_available_providers()])
+
+
+def _setup_ort_export(case, w, x, device, workdir, kind="sdpa"):
+    path = Path(workdir) / "exports" / f"{export_key(case, kind)}.onnx"
+    sess = _ort_session(path, device)
     name = sess.get_inputs()[0].name
     return (lambda: sess.run(None, {name: x})[0]), np.asarray
+
+
+def _setup_ort_mha_export(case, w, x, device, workdir):
+    return _setup_ort_export(case, w, x, device, workdir, kind="mha")
 
 
 def _setup_numpy_plain(case, w, x, device, workdir):
@@ -115,13 +124,14 @@ def _setup_numpy_plain(case, w, x, device, workdir):
     return run, np.asarray
 
 
-def _attngraph_setup(backend: str):
+def _attngraph_setup(backend: str, **extra):
     def setup(case, w, x, device, workdir):
         import attngraph as ag
 
         make = ag.causal_self_attention if case.causal else ag.self_attention
         graph = ag.run_pipeline(make(case.d_model, case.heads, num_kv_heads=case.kv_heads, dtype=case.dtype), "O1")
         options = {"device": device} if "device" in ag.get_backend(backend).options else {}
+        options.update(extra)
         exe = ag.compile(graph, backend, weights=w, **options)
         inputs = {"x": x}
         return (lambda: exe(inputs)["y"]), np.asarray
@@ -129,8 +139,11 @@ def _attngraph_setup(backend: str):
     return setup
 
 
-def export_key(case: BenchCase) -> str:
-    return f"d{case.d_model}h{case.heads}kv{case.kv_heads}{'c' if case.causal else 'f'}{case.dtype}"
+def export_key(case: BenchCase, kind: str = "sdpa") -> str:
+    return f"{kind}-d{case.d_model}h{case.heads}kv{case.kv_heads}{'c' if case.causal else 'f'}{case.dtype}"
+
+
+EXPORTERS = {"ort-torch-export": "sdpa", "ort-torch-mha-export": "mha"}  # impl -> torch module it exports
 
 
 def _no_gqa(case: BenchCase) -> str | None:
@@ -142,6 +155,8 @@ PEERS = [
     Impl("torch-mha", "peer", _setup_torch_mha, needs=("torch",), supports=_no_gqa, score_copies=1.0),
     Impl("ort-torch-export", "peer", _setup_ort_export, needs=("torch", "onnx", "onnxruntime", "onnxscript"),
          score_copies=4.0),  # decomposed graph: scores, scaled, masked, softmax live at once,
+    Impl("ort-torch-mha-export", "peer", _setup_ort_mha_export, needs=("torch", "onnx", "onnxruntime", "onnxscript"),
+         supports=_no_gqa, score_copies=4.0, default=False),
     Impl("numpy-plain", "peer", _setup_numpy_plain, score_copies=3.0),
 ]
 
@@ -152,6 +167,17 @@ def attngraph_impls() -> list[Impl]:
 
     out = []
     for name in sorted(BUILTIN):
+        if name == "onnx":  # one per export style
+            needs = ("onnx", "onnxruntime")
+            out += [Impl("attngraph-onnx", "attngraph", _attngraph_setup("onnx"), needs=needs),
+                    Impl("attngraph-onnx-attention", "attngraph", _attngraph_setup("onnx", style="attention"),
+                         needs=needs, default=False),
+                    Impl("attngraph-onnx-decomposed", "attngraph", _attngraph_setup("onnx", style="decomposed"),
+                         needs=needs, score_copies=4.0, default=False),
+                    Impl("attngraph-onnx-contrib", "attngraph", _attngraph_setup("onnx", style="contrib"),
+                         needs=needs, supports=lambda c: "contrib MHA has no GQA" if c.kv_heads != c.heads else None,
+                         default=False)]
+            continue
         out.append(Impl(f"attngraph-{name}", "attngraph", _attngraph_setup(name),
                         skips_masked=name in SKIPS_MASKED, needs=()))
     return out

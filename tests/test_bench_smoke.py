@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_quick_bench_produces_every_figure(tmp_path):
     out = tmp_path / "res"
-    cmd = [sys.executable, "-m", "bench", "--quick", "--seqs", "32", "--repeats", "2", "--min-repeats", "1",
+    cmd = [sys.executable, "-m", "bench", "--quick", "--impls", "all", "--seqs", "32", "--repeats", "2", "--min-repeats", "1",
            "--budget", "0.5", "--out", str(out), "--json", str(tmp_path / "raw.json")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -41,3 +41,18 @@ def test_errors_are_one_line_and_exit_2(capsys):
 
 def test_commands_are_a_table_later_issues_extend():
     assert {"info", "show", "run"} <= set(COMMANDS)
+
+
+def test_export_writes_a_model_that_runs(tmp_path, capsys):
+    import numpy as np
+
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(out), "--causal", "--kv-heads", "2", "--mask", "bool", "--style", "attention"]) == 0
+    printed = capsys.readouterr().out
+    assert "style attention, opset 23" in printed and "Attention" in printed
+    run = ag.compile(out, "onnx")
+    x = {"x": np.ones((1, 3, 64), np.float32), "attn_mask": np.ones((3, 3), bool)}
+    assert run(x)["y"].shape == (1, 3, 64)
+    assert main(["export", str(tmp_path / "c.onnx"), "--kv-heads", "2", "--style", "contrib"]) == 2
+    assert "cannot express GQA/MQA" in capsys.readouterr().err
+    assert not (tmp_path / "c.onnx").exists()
