@@ -46,6 +46,7 @@ class AttentionConfig:
     causal: bool = False
     window: tuple[int, int] | None = None
     key_padding: bool = False
+    align_to_lengths: bool = False
     mask: str | None = None
     mask_shape: tuple[dims.Dim, ...] | None = None
     scale: float | None = None
@@ -116,6 +117,9 @@ def _validate(c: AttentionConfig) -> None:
         fail("mask_shape is set but mask is None; set mask='bool' or 'additive'")
     if c.window is not None and (len(c.window) != 2 or any(int(w) < -1 for w in c.window)):
         fail(f"window must be (left, right) with each -1 (unbounded) or >= 0, got {c.window!r}")
+    if c.align_to_lengths and (not c.key_padding or c.kv_cache):
+        fail("align_to_lengths puts each batch row's queries at the end of its key_lengths: it needs "
+             "key_padding=True and no kv_cache")
     if c.softcap is not None and not c.softcap > 0:
         fail(f"softcap must be > 0 (or None for off), got {c.softcap!r}")
     if c.scale is not None and not math.isfinite(c.scale):
@@ -209,6 +213,7 @@ def _mask(b: GraphBuilder, c: AttentionConfig, dt: DType, scores: Value, kv_tota
         kinds.append("lengths")
     left, right = c.window if c.window else (-1, -1)
     return b.op(Op.MASK, scores, *operands, causal=c.causal, offset="past_len" if c.kv_cache else 0,
+                align="lengths" if c.align_to_lengths else "start",
                 window_left=int(left), window_right=int(right), operands=tuple(kinds), name="qk_masked")
 
 

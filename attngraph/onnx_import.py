@@ -97,9 +97,6 @@ def from_onnx(source) -> Graph:
         heads, kv_heads = int(a["q_num_heads"]), int(a["kv_num_heads"])
         head_dim, v_head_dim, layout = int(qs[2]) // heads, int(vs[2]) // kv_heads, "3d"
     causal = bool(a.get("is_causal", 0))
-    if nonpad and causal:
-        raise UnsupportedModel("attribute is_causal with input nonpad_kv_seqlen: the causal offset then differs "
-                               "per batch row (nonpad_kv_seqlen[b] - q_len), which the IR cannot express yet")
     if bool(past_k) != bool(past_v):
         raise UnsupportedModel("past_key and past_value must come together")
     window = None
@@ -125,8 +122,10 @@ def from_onnx(source) -> Graph:
     has_mask = bool(mask or causal or window or nonpad)
     if stage == "masked" and not has_mask:
         stage = "softcapped" if softcap else "scaled"
+    # with nonpad_kv_seqlen (and no past), ONNX aligns causal/window per batch row: offset = nonpad[b] - q_len
     config = AttentionConfig(kind="core", num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
                              v_head_dim=v_head_dim, causal=causal, window=window, key_padding=bool(nonpad),
+                             align_to_lengths=bool(nonpad) and not past_k,
                              mask=mask_kind, mask_shape=mask_shape, scale=a.get("scale"), softcap=softcap,
                              kv_cache=bool(past_k), score_outputs=(stage,) if outs[3] else (), layout=layout,
                              dtype=_dtype(model, q).value, name=model.graph.name or "onnx_attention")

@@ -18,8 +18,11 @@ from attngraph.ir import FLOAT_DTYPES, INT_DTYPES, Attr, DType, Op, TensorType
 REQUIRED = object()  # marks an attribute without a default
 
 MASK_OPERANDS = ("bool", "bias", "lengths")  # the order mask operands appear in, when present
+# align "start": query i sits at key position i + offset (one offset for the batch).
+# align "lengths": query i of batch row b sits at i + lengths[b] - q_len, i.e. the queries are the last
+# q_len of that row's valid keys (ONNX's nonpad_kv_seqlen; decoding a padded batch).
 MASK_ATTRS: dict[str, Any] = {
-    "causal": False, "offset": 0, "window_left": -1, "window_right": -1, "operands": (),
+    "causal": False, "offset": 0, "window_left": -1, "window_right": -1, "operands": (), "align": "start",
 }
 
 Infer = Callable[[Sequence[TensorType], dict[str, Attr]], tuple[TensorType, ...]]
@@ -147,6 +150,11 @@ def check_mask_operands(scores: TensorType, operands: Sequence[TensorType], a: d
         raise GraphError(f"mask operands {kinds} must be a subset of {MASK_OPERANDS} in that order")
     if len(kinds) != len(operands):
         raise GraphError(f"mask lists operands {kinds} but has {len(operands)} mask inputs")
+    if a["align"] not in ("start", "lengths"):
+        raise GraphError(f"align must be 'start' or 'lengths', got {a['align']!r}")
+    if a["align"] == "lengths" and ("lengths" not in kinds or dims.canonical(a["offset"]) != 0):
+        raise GraphError("align='lengths' places queries at the end of each row's key lengths: it needs a "
+                         "'lengths' operand and offset 0")
     for name in ("window_left", "window_right"):
         if int(a[name]) < -1:
             raise GraphError(f"{name} must be -1 (unbounded) or >= 0, got {a[name]}")

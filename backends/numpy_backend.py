@@ -26,10 +26,13 @@ def _out(ctx: NodeCtx, x: np.ndarray, index: int = 0) -> np.ndarray:
     return np.asarray(x).astype(to_numpy(ctx.node.outputs[index].type.dtype), copy=False)
 
 
-def _mask_kwargs(ctx: NodeCtx) -> dict:
+def _mask_kwargs(ctx: NodeCtx, operands: dict, q_len: int) -> dict:
     from attngraph import dims
 
-    return {"causal": bool(ctx.attr("causal")), "offset": dims.evaluate(ctx.attr("offset"), ctx.dims),
+    offset = dims.evaluate(ctx.attr("offset"), ctx.dims)
+    if ctx.attr("align") == "lengths":  # queries are the last q_len valid keys of each batch row
+        offset = np.asarray(operands["lengths"], dtype=np.int64) - q_len
+    return {"causal": bool(ctx.attr("causal")), "offset": offset,
             "window_left": int(ctx.attr("window_left")), "window_right": int(ctx.attr("window_right"))}
 
 
@@ -78,7 +81,7 @@ def _softcap(ctx: NodeCtx, x):
 @rules.register(Op.MASK)
 def _mask(ctx: NodeCtx, scores, *operands):
     named = dict(zip(ctx.attr("operands"), operands))
-    return _out(ctx, K.apply_mask(_compute(scores), 0, named, **_mask_kwargs(ctx)))
+    return _out(ctx, K.apply_mask(_compute(scores), 0, named, **_mask_kwargs(ctx, named, scores.shape[2])))
 
 
 @rules.register(Op.SOFTMAX)
@@ -103,7 +106,7 @@ def _attention(ctx: NodeCtx, q, k, v, *operands):
     y, weights = K.attention(
         q, k, v, named, scale=float(ctx.attr("scale")), softcap=float(ctx.attr("softcap")),
         return_weights=bool(ctx.attr("return_weights")), compute=compute_dtype(ctx.node.inputs[0].type.dtype),
-        max_bytes=ctx.state["max_scores_bytes"], **_mask_kwargs(ctx))
+        max_bytes=ctx.state["max_scores_bytes"], **_mask_kwargs(ctx, named, q.shape[2]))
     return (_out(ctx, y), _out(ctx, weights, 1)) if weights is not None else _out(ctx, y)
 
 

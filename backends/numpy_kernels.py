@@ -13,14 +13,21 @@ from collections.abc import Mapping
 import numpy as np
 
 
-def keep_structured(rows: np.ndarray, kv_len: int, causal: bool, offset: int,
+def keep_structured(rows: np.ndarray, kv_len: int, causal: bool, offset: int | np.ndarray,
                     window_left: int, window_right: int) -> np.ndarray | None:
-    """Bool ``(len(rows), kv_len)`` of kept keys for query rows ``rows``, or None when nothing is masked."""
+    """Bool ``(len(rows), kv_len)`` of kept keys for query rows ``rows``, or None when nothing is masked.
+
+    ``offset`` may be an array with one value per batch row; the result is then ``(B, 1, rows, kv_len)``.
+    """
     if not causal and window_left < 0 and window_right < 0:
         return None
-    pos = rows[:, None] + offset
-    j = np.arange(kv_len)[None, :]
-    keep = np.ones((len(rows), kv_len), dtype=bool)
+    if np.ndim(offset):
+        pos = rows[None, None, :, None] + np.asarray(offset).reshape(-1, 1, 1, 1)
+        j = np.arange(kv_len)[None, None, None, :]
+    else:
+        pos = rows[:, None] + offset
+        j = np.arange(kv_len)[None, :]
+    keep = np.ones(np.broadcast_shapes(pos.shape, j.shape), dtype=bool)
     if causal:
         keep &= j <= pos
     if window_left >= 0:
@@ -36,7 +43,7 @@ def as_rank4(mask: np.ndarray) -> np.ndarray:
 
 
 def apply_mask(scores: np.ndarray, row0: int, operands: Mapping[str, np.ndarray], *, causal: bool,
-               offset: int, window_left: int, window_right: int) -> np.ndarray:
+               offset: int | np.ndarray, window_left: int, window_right: int) -> np.ndarray:
     """Mask ``scores`` (B, H, rows, Skv), whose first row is query ``row0``; returns a new array."""
     rows = scores.shape[2]
     kv_len = scores.shape[3]
@@ -80,7 +87,7 @@ def grouped_matmul(a: np.ndarray, b: np.ndarray, transpose_b: bool) -> np.ndarra
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, operands: Mapping[str, np.ndarray], *,
-              scale: float, softcap: float, causal: bool, offset: int, window_left: int,
+              scale: float, softcap: float, causal: bool, offset: int | np.ndarray, window_left: int,
               window_right: int, return_weights: bool, compute: np.dtype,
               max_bytes: int) -> tuple[np.ndarray, np.ndarray | None]:
     """Fused attention in ``compute`` precision, over query chunks of at most ``max_bytes`` of scores."""

@@ -36,7 +36,7 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
     a = ctx.node.attr_dict
     operands = dict(zip(a["operands"], ops))
     native_causal = bool(a["causal"]) and dims.canonical(a["offset"]) == 0 and a["window_left"] < 0 \
-        and a["window_right"] < 0
+        and a["window_right"] < 0 and a["align"] == "start"
     keep = keep_mask(e, ctx, _ScoresRef(e, q, k).name, operands, use_causal=not native_causal)
     mask = None
     if "bias" in operands:

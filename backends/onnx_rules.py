@@ -99,8 +99,14 @@ def keep_mask(e: OnnxEmitter, ctx: NodeCtx, scores_ref: str, operands: dict, *, 
         skv = e.op("Squeeze", [e.shape_slice(scores_ref, 3, 4), e.i64([0])])
         zero, one = e.const(np.int64(0), "zero"), e.const(np.int64(1), "one")
         rows = e.op("Range", [zero, sq, one])
-        pos = e.unsqueeze(e.op("Add", [rows, e.dim(a["offset"])]), [1])   # (Sq, 1) absolute positions
-        cols = e.unsqueeze(e.op("Range", [zero, skv, one]), [0])          # (1, Skv)
+        if a["align"] == "lengths":  # per batch row: the queries are the last Sq of its valid keys
+            lengths = e.op("Cast", [operands["lengths"]], to=ONNX_TYPES[DType.INT64])
+            start = e.op("Reshape", [e.op("Sub", [lengths, sq]), e.i64([-1, 1, 1, 1])])
+            pos = e.op("Add", [e.op("Reshape", [rows, e.i64([1, 1, -1, 1])]), start])  # (B, 1, Sq, 1)
+            cols = e.op("Reshape", [e.op("Range", [zero, skv, one]), e.i64([1, 1, 1, -1])])
+        else:
+            pos = e.unsqueeze(e.op("Add", [rows, e.dim(a["offset"])]), [1])   # (Sq, 1) absolute positions
+            cols = e.unsqueeze(e.op("Range", [zero, skv, one]), [0])          # (1, Skv)
         if causal:
             parts.append(e.op("LessOrEqual", [cols, pos]))
         if wl >= 0:

@@ -14,8 +14,11 @@ def _broadcast(mask, shape):
 
 
 def core(q, k, v, *, scale=None, softcap=0.0, causal=False, offset=0, window=(-1, -1), bool_mask=None,
-         bias=None, key_lengths=None):
-    """Attention on 4-D (B, H, S, D) arrays. Returns (y, stages) with the four score stages."""
+         bias=None, key_lengths=None, align_to_lengths=False):
+    """Attention on 4-D (B, H, S, D) arrays. Returns (y, stages) with the four score stages.
+
+    ``align_to_lengths``: query i of batch b sits at key position i + key_lengths[b] - q_len.
+    """
     q, k, v = (np.asarray(a, dtype=np.float64) for a in (q, k, v))
     batch, hq, sq, d = q.shape
     hkv, skv, dv = k.shape[1], k.shape[2], v.shape[3]
@@ -36,7 +39,7 @@ def core(q, k, v, *, scale=None, softcap=0.0, causal=False, offset=0, window=(-1
             if bs is not None:
                 s = s + bs[b, h].astype(np.float64)
             for i in range(sq):
-                p_abs = i + offset
+                p_abs = i + (key_lengths[b] - sq if align_to_lengths else offset)
                 for j in range(skv):
                     keep = True
                     if causal and j > p_abs:

@@ -79,7 +79,8 @@ def check_core(backend, mode: str, *, dtype="float32", batch=2, heads=4, kv_head
         q_ref, k_all, v_all, scale=knobs.get("scale"), softcap=knobs.get("softcap") or 0.0,
         causal=knobs.get("causal", False), offset=past_len, window=knobs.get("window") or (-1, -1),
         bool_mask=inputs.get("attn_mask") if mask == "bool" else None,
-        bias=inputs.get("attn_mask") if mask == "additive" else None, key_lengths=inputs.get("key_lengths"))
+        bias=inputs.get("attn_mask") if mask == "additive" else None, key_lengths=inputs.get("key_lengths"),
+        align_to_lengths=knobs.get("align_to_lengths", False))
     if layout == "3d":
         y = oracle.merge_heads(y)
     assert out["y"].dtype == np.dtype(inputs["q"].dtype), f"y dtype {out['y'].dtype} != {inputs['q'].dtype}"

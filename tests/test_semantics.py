@@ -133,6 +133,15 @@ def test_key_lengths(backend, mode):
     check_core(backend, mode, key_lengths=[7, 2], causal=True, mask="bool")
 
 
+@pytest.mark.parametrize("window", [None, (2, 0)])
+def test_causal_aligned_to_each_rows_key_lengths(backend, mode, window):
+    """Padded-batch decode (ONNX nonpad_kv_seqlen): row b's queries are the last q_len of its valid keys;
+    a row with fewer valid keys than queries has empty leading rows (exactly 0)."""
+    out, _ = check_core(backend, mode, causal=True, window=window, key_lengths=[7, 2], align_to_lengths=True,
+                        q_len=3, kv_len=7)
+    assert np.all(out["y"][1, :, 0] == 0), "row 0 of batch 1 sits before its first key: a zero row"
+
+
 def test_nan_propagates(backend, mode):
     def poison(inputs):
         inputs["q"][0, 1, 2, 0] = np.nan
