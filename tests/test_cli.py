@@ -18,7 +18,7 @@ def test_show_builds_saves_and_loads(tmp_path, capsys):
     printed = capsys.readouterr().out
     graph = ag.load_graph(path)
     assert printed.strip() == str(graph)
-    assert "mask(%qk_scaled) {causal=True, offset='past_len'" in printed
+    assert "mask(%qk_scaled) {align='start', causal=True, offset='past_len'" in printed
     assert main(["show", "--load", str(path), "--pipeline", "O1"]) == 0
     assert "attention(%qh, %present_key, %present_value)" in capsys.readouterr().out
 

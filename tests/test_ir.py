@@ -26,7 +26,7 @@ def test_golden_text_form():
   input %attn_mask: bool[q_len,kv_len]
   %scores: f16[batch,2,q_len,kv_len] = matmul(%q, %k) {transpose_b=True}
   %qk_scaled: f16[batch,2,q_len,kv_len] = scale(%scores) {value=0.5}
-  %qk_masked: f16[batch,2,q_len,kv_len] = mask(%qk_scaled, %attn_mask) {causal=True, offset=0, operands=('bool',), window_left=-1, window_right=-1}
+  %qk_masked: f16[batch,2,q_len,kv_len] = mask(%qk_scaled, %attn_mask) {align='start', causal=True, offset=0, operands=('bool',), window_left=-1, window_right=-1}
   %attn_weights: f16[batch,2,q_len,kv_len] = softmax(%qk_masked)
   %y: f16[batch,2,q_len,4] = weighted_sum(%attn_weights, %v)
   return %y
