@@ -34,6 +34,11 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
     ag.save_graph(g, tmp_path / "g.json")
     ag.save_graph(g, tmp_path / "g.json")
     assert [p.name for p in tmp_path.iterdir()] == ["g.json"]
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "g.json").stat().st_mode & 0o777 == 0o666 & ~mask, "saved files get the usual permissions"
 
 
 def test_unknown_version_is_a_clear_error():
