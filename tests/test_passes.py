@@ -69,6 +69,17 @@ def test_fuse_qkv_makes_one_matmul_and_same_numbers():
     assert fuse_qkv_projection(cross) is cross, "different inputs: nothing to fuse"
 
 
+def test_unfuse_qkv_is_the_inverse_of_fuse_qkv():
+    from attngraph.passes import unfuse_qkv_projection
+
+    g, w, x = _mha()
+    fused = run_pipeline(g, [fuse_qkv_projection])
+    back = run_pipeline(fused, [unfuse_qkv_projection])
+    assert [n.op for n in back.nodes] == [n.op for n in g.nodes]
+    assert unfuse_qkv_projection(g) is g
+    np.testing.assert_array_equal(_run(back, w, x)["y"], _run(g, w, x)["y"])
+
+
 def test_fuse_attention_structure_and_numbers():
     g, w, x = _mha()
     fused = run_pipeline(g, [fuse_attention])

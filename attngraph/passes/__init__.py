@@ -18,7 +18,7 @@ from attngraph.passes.dce import eliminate_dead_code
 from attngraph.passes.decompose import decompose, decompose_attention
 from attngraph.passes.fold_scales import fold_scales
 from attngraph.passes.fuse_attention import fuse_attention
-from attngraph.passes.fuse_qkv import fuse_qkv_projection
+from attngraph.passes.fuse_qkv import fuse_qkv_projection, unfuse_qkv_projection
 from attngraph.verify import verify_graph
 
 Pass = Callable[[Graph], Graph]
@@ -54,5 +54,5 @@ def run_pipeline(graph: Graph, passes: str | Sequence[Pass] = "O1", *, verify: b
 
 __all__ = [
     "PIPELINES", "Pass", "decompose", "decompose_attention", "eliminate_dead_code", "fold_scales",
-    "fuse_attention", "fuse_qkv_projection", "run_pipeline",
+    "fuse_attention", "fuse_qkv_projection", "run_pipeline", "unfuse_qkv_projection",
 ]

@@ -59,3 +59,33 @@ def fuse_qkv_projection(graph: Graph) -> Graph:
         split = ops.complete_attrs(Op.SPLIT, {"axis": -1, "sizes": sizes})
         nodes += [fused, Node(Op.SPLIT, fused.outputs, tuple(n.output for n in group), split)]
     return graph.replace(nodes=tuple(nodes))
+
+
+def unfuse_qkv_projection(graph: Graph) -> Graph:
+    """The inverse: ``split(linear(x, concat(w...), concat(b...)))`` back to one linear per output.
+
+    For runtimes where the split's copies cost more than reading ``x`` again (onnxruntime).
+    """
+    producers, users, outputs = graph.producers(), graph.users(), set(graph.outputs)
+    params = set(graph.params)
+    swap: dict[int, list[Node]] = {}
+    drop: set[int] = set()
+    for node in graph.nodes:
+        lin = producers.get(node.inputs[0]) if node.op is Op.SPLIT and node.attr("axis") in (-1, 2) else None
+        if lin is None or lin.op is not Op.LINEAR or len(users.get(lin.output, [])) != 1 or lin.output in outputs:
+            continue
+        cats = [producers.get(v) for v in lin.inputs[1:]]
+        if any(c is None or c.op is not Op.CONCAT or not all(v in params for v in c.inputs)
+               or len(users.get(c.output, [])) != 1 or len(c.inputs) != len(node.outputs) for c in cats):
+            continue
+        parts = zip(*(c.inputs for c in cats), strict=True)  # (w_i, b_i) per output
+        swap[id(node)] = [Node(Op.LINEAR, (lin.inputs[0], *p), (out,), ()) for p, out in zip(parts, node.outputs,
+                                                                                             strict=True)]
+        drop.update({id(lin), *(id(c) for c in cats)})
+    if not swap:
+        return graph
+    nodes: list[Node] = []
+    for node in graph.nodes:
+        if id(node) not in drop:
+            nodes.extend(swap.get(id(node), [node]))
+    return graph.replace(nodes=tuple(nodes))
