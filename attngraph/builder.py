@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from attngraph import dims, ops
 from attngraph.errors import GraphError
 from attngraph.ir import Attr, DType, Graph, Node, Op, TensorType, Value
+from attngraph.names import fresh_name
 from attngraph.verify import verify_graph
 
 
@@ -30,11 +31,7 @@ class GraphBuilder:
         self._taken: set[str] = set()
 
     def _fresh(self, hint: str) -> str:
-        name, i = hint, 1
-        while name in self._taken:
-            name, i = f"{hint}_{i}", i + 1
-        self._taken.add(name)
-        return name
+        return fresh_name(self._taken, hint)
 
     def _value(self, name: str, dtype: DType | str, shape: Sequence[dims.Dim], kind: str) -> Value:
         if name in self._taken:

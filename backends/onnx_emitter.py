@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from attngraph import dims
 from attngraph.errors import LoweringError
 from attngraph.ir import DType, Graph
+from attngraph.names import fresh_name
 
 ONNX_TYPES = {DType.FLOAT16: TensorProto.FLOAT16, DType.BFLOAT16: TensorProto.BFLOAT16,
               DType.FLOAT32: TensorProto.FLOAT, DType.FLOAT64: TensorProto.DOUBLE, DType.BOOL: TensorProto.BOOL,
@@ -46,11 +47,7 @@ class OnnxEmitter:
 
     # ---- names and nodes -------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
-        name, i = hint, 1
-        while name in self.taken:
-            name, i = f"{hint}_{i}", i + 1
-        self.taken.add(name)
-        return name
+        return fresh_name(self.taken, hint)
 
     def op(self, op_type: str, inputs, *, outputs=None, n_out: int = 1, domain: str = "", hint: str | None = None,
            **attrs):

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 from attngraph.ir import Graph, Node, Op, Value
+from attngraph.names import fresh_name  # noqa: F401 - re-exported for passes
 
 
 def taken_names(graph: Graph) -> set[str]:
     names = {v.name for v in graph.inputs + graph.params}
     names.update(v.name for n in graph.nodes for v in n.outputs)
     return names
-
-
-def fresh_name(taken: set[str], hint: str) -> str:
-    """``hint``, or ``hint_1``, ``hint_2``... whichever is free; the name is then marked taken."""
-    name, i = hint, 1
-    while name in taken:
-        name, i = f"{hint}_{i}", i + 1
-    taken.add(name)
-    return name
 
 
 def single_user(graph_users: dict[Value, list[Node]], outputs: set[Value], value: Value) -> bool:
