@@ -18,6 +18,7 @@ GROUP = "attngraph.backends"
 # name -> (module:class, the pip extra that installs what it needs)
 BUILTIN: dict[str, tuple[str, str]] = {
     "numpy": ("backends.numpy_backend:NumpyBackend", "attngraph"),
+    "numba": ("backends.numba_backend:NumbaBackend", "numba"),
     "onnx": ("backends.onnx_backend:OnnxBackend", "onnx"),
 }
 

@@ -1,0 +1,82 @@
+"""The Numba backend: the fused ``attention`` op runs a streaming (flash-style) CPU kernel.
+
+Every other op uses the NumPy backend's rules (they are BLAS calls or layout changes already).
+Options: ``threads`` (default: NUMBA_NUM_THREADS / all cores), ``block_q`` and ``block_k`` (tile
+sizes), ``fuse`` (default True). Kernels compile once and are cached on disk; when the package
+folder is read-only the cache goes to ``~/.cache/attngraph/numba`` (or ``$NUMBA_CACHE_DIR``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _cache_dir() -> None:
+    if "NUMBA_CACHE_DIR" in os.environ or os.access(Path(__file__).parent, os.W_OK):
+        return
+    path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attngraph" / "numba"
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["NUMBA_CACHE_DIR"] = str(path)
+
+
+_cache_dir()  # before numba is imported: it reads NUMBA_CACHE_DIR once
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+from attngraph import dims  # noqa: E402
+from attngraph.dtypes import compute_dtype, to_numpy  # noqa: E402
+from attngraph.ir import Op  # noqa: E402
+from attngraph.lowering import Backend, NodeCtx, Rules  # noqa: E402
+from backends import numpy_backend  # noqa: E402
+from backends.numba_kernels import flash_attention  # noqa: E402
+from backends.numpy_kernels import as_rank4  # noqa: E402
+
+rules = Rules("numba")
+rules.update({op: fn for op, fn in numpy_backend.rules.items() if op is not Op.ATTENTION})
+
+
+@rules.register(Op.ATTENTION)
+def _attention(ctx: NodeCtx, q, k, v, *ops):
+    a = ctx.node.attr_dict
+    named = dict(zip(a["operands"], ops, strict=True))
+    cd = compute_dtype(ctx.node.inputs[0].type.dtype)
+    qc, kc, vc = (np.ascontiguousarray(x, dtype=cd) for x in (q, k, v))
+    batch, hq, sq, _ = qc.shape
+    skv, dv = kc.shape[2], vc.shape[3]
+    full = (batch, hq, sq, skv)
+    bias = np.broadcast_to(as_rank4(np.asarray(named["bias"]).astype(cd, copy=False)), full) \
+        if "bias" in named else np.zeros((1, 1, 1, 1), cd)
+    keep = np.broadcast_to(as_rank4(np.asarray(named["bool"], dtype=bool)), full) \
+        if "bool" in named else np.ones((1, 1, 1, 1), bool)
+    lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, skv, np.int64)
+    if a["align"] == "lengths":
+        offsets = lengths - sq
+    else:
+        offsets = np.full(batch, dims.evaluate(a["offset"], ctx.dims), np.int64)
+    out = np.empty((batch, hq, sq, dv), cd)
+    want = bool(a["return_weights"])
+    weights = np.zeros(full if want else (1, 1, 1, 1), cd)
+    st = ctx.state
+    if st["threads"]:
+        numba.set_num_threads(int(st["threads"]))
+    flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
+                    float(a["scale"]), float(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
+                    int(a["window_right"]), int(st["block_q"]), int(st["block_k"]), out, weights, want)
+    y = out.astype(to_numpy(ctx.node.outputs[0].type.dtype), copy=False)
+    return (y, weights.astype(to_numpy(ctx.node.outputs[1].type.dtype), copy=False)) if want else y
+
+
+class NumbaBackend(Backend):
+    """Streaming attention on the CPU. Options: ``threads``, ``block_q``, ``block_k``, ``fuse``."""
+
+    name = "numba"
+    rules = rules
+    options = {**Backend.options, "threads": 0, "block_q": 64, "block_k": 256}
+
+    def make_state(self, graph, options: dict) -> dict:
+        for key in ("block_q", "block_k"):
+            if int(options[key]) < 1:
+                raise ValueError(f"{key} must be >= 1, got {options[key]}")
+        return {k: options[k] for k in ("threads", "block_q", "block_k")}
