@@ -24,6 +24,7 @@ _cache_dir()  # before numba is imported: it reads NUMBA_CACHE_DIR once
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+from threadpoolctl import threadpool_limits  # noqa: E402
 
 from attngraph import dims  # noqa: E402
 from attngraph.dtypes import compute_dtype, to_numpy  # noqa: E402
@@ -61,9 +62,12 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
     st = ctx.state
     if st["threads"]:
         numba.set_num_threads(int(st["threads"]))
-    flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
-                    float(a["scale"]), float(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
-                    int(a["window_right"]), int(st["block_q"]), int(st["block_k"]), out, weights, want)
+    # the kernel's prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
+    # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
+    with threadpool_limits(limits=1, user_api="blas"):
+        flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
+                        float(a["scale"]), float(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
+                        int(a["window_right"]), int(st["block_q"]), int(st["block_k"]), out, weights, want)
     y = out.astype(to_numpy(ctx.node.outputs[0].type.dtype), copy=False)
     return (y, weights.astype(to_numpy(ctx.node.outputs[1].type.dtype), copy=False)) if want else y
 
@@ -73,7 +77,7 @@ class NumbaBackend(Backend):
 
     name = "numba"
     rules = rules
-    options = {**Backend.options, "threads": 0, "block_q": 64, "block_k": 256}
+    options = {**Backend.options, "threads": 0, "block_q": 64, "block_k": 128}
 
     def make_state(self, graph, options: dict) -> dict:
         for key in ("block_q", "block_k"):

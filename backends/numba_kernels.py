@@ -68,18 +68,25 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
             for j0 in range((j_start // block_k) * block_k, max(j_end, 0), block_k):
                 j1 = min(skv, j0 + block_k)
                 s = np.dot(qb, np.ascontiguousarray(k[b, kvh, j0:j1, :].T))
-                for r in range(rows):
-                    i = i0 + r
-                    for c in range(j1 - j0):
-                        j = j0 + c
-                        x = s[r, c] * scale
-                        if softcap > 0:
-                            x = softcap * math.tanh(x / softcap)
-                        if has_bias:
-                            x += bias[b, h, i, j]
-                        if not _kept(i + off, j, causal, wl, wr, length) or (has_keep and not keep[b, h, i, j]):
-                            x = neg_inf
-                        s[r, c] = x
+                # a block every row keeps whole needs no per-element mask checks: scale it in one go
+                plain = (not has_bias and not has_keep and softcap <= 0 and j1 <= length
+                         and (not causal or j1 - 1 <= first_pos)
+                         and (wl < 0 or j0 >= last_pos - wl) and (wr < 0 or j1 - 1 <= first_pos + wr))
+                if plain:
+                    s *= scale
+                else:
+                    for r in range(rows):
+                        i = i0 + r
+                        for c in range(j1 - j0):
+                            j = j0 + c
+                            x = s[r, c] * scale
+                            if softcap > 0:
+                                x = softcap * math.tanh(x / softcap)
+                            if has_bias:
+                                x += bias[b, h, i, j]
+                            if not _kept(i + off, j, causal, wl, wr, length) or (has_keep and not keep[b, h, i, j]):
+                                x = neg_inf
+                            s[r, c] = x
                 if pass_no == 1:  # weights: exp(s - final max) / final sum
                     for r in range(rows):
                         for c in range(j1 - j0):
