@@ -26,7 +26,6 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from attngraph import dims  # noqa: E402
 from attngraph.dtypes import compute_dtype, to_numpy  # noqa: E402
 from attngraph.ir import Op  # noqa: E402
 from attngraph.lowering import Backend, NodeCtx, Rules  # noqa: E402
@@ -52,10 +51,8 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
     keep = np.broadcast_to(as_rank4(np.asarray(named["bool"], dtype=bool)), full) \
         if "bool" in named else np.ones((1, 1, 1, 1), bool)
     lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, skv, np.int64)
-    if a["align"] == "lengths":
-        offsets = lengths - sq
-    else:
-        offsets = np.full(batch, dims.evaluate(a["offset"], ctx.dims), np.int64)
+    offset = numpy_backend.mask_kwargs(ctx, named, sq)["offset"]
+    offsets = np.broadcast_to(np.asarray(offset, np.int64), (batch,)).copy()
     out = np.empty((batch, hq, sq, dv), cd)
     want = bool(a["return_weights"])
     weights = np.zeros(full if want else (1, 1, 1, 1), cd)

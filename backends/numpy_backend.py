@@ -26,7 +26,8 @@ def _out(ctx: NodeCtx, x: np.ndarray, index: int = 0) -> np.ndarray:
     return np.asarray(x).astype(to_numpy(ctx.node.outputs[index].type.dtype), copy=False)
 
 
-def _mask_kwargs(ctx: NodeCtx, operands: dict, q_len: int) -> dict:
+def mask_kwargs(ctx: NodeCtx, operands: dict, q_len: int) -> dict:
+    """The mask attributes of ``ctx.node`` as kernel arguments; ``offset`` is per batch row with align='lengths'."""
     from attngraph import dims
 
     offset = dims.evaluate(ctx.attr("offset"), ctx.dims)
@@ -81,7 +82,7 @@ def _softcap(ctx: NodeCtx, x):
 @rules.register(Op.MASK)
 def _mask(ctx: NodeCtx, scores, *operands):
     named = dict(zip(ctx.attr("operands"), operands))
-    return _out(ctx, K.apply_mask(_compute(scores), 0, named, **_mask_kwargs(ctx, named, scores.shape[2])))
+    return _out(ctx, K.apply_mask(_compute(scores), 0, named, **mask_kwargs(ctx, named, scores.shape[2])))
 
 
 @rules.register(Op.SOFTMAX)
@@ -106,7 +107,7 @@ def _attention(ctx: NodeCtx, q, k, v, *operands):
     y, weights = K.attention(
         q, k, v, named, scale=float(ctx.attr("scale")), softcap=float(ctx.attr("softcap")),
         return_weights=bool(ctx.attr("return_weights")), compute=compute_dtype(ctx.node.inputs[0].type.dtype),
-        max_bytes=ctx.state["max_scores_bytes"], **_mask_kwargs(ctx, named, q.shape[2]))
+        max_bytes=ctx.state["max_scores_bytes"], **mask_kwargs(ctx, named, q.shape[2]))
     return (_out(ctx, y), _out(ctx, weights, 1)) if weights is not None else _out(ctx, y)
 
 

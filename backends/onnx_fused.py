@@ -37,7 +37,7 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
     operands = dict(zip(a["operands"], ops))
     native_causal = bool(a["causal"]) and dims.canonical(a["offset"]) == 0 and a["window_left"] < 0 \
         and a["window_right"] < 0 and a["align"] == "start"
-    keep = keep_mask(e, ctx, _ScoresRef(e, q, k).name, operands, use_causal=not native_causal)
+    keep = keep_mask(e, ctx, e.shape_slice(q, 2, 3), e.shape_slice(k, 2, 3), operands, use_causal=not native_causal)
     mask = None
     if "bias" in operands:
         mask = operands["bias"] if keep is None else e.op("Where", [keep, operands["bias"], e.scalar(float("-inf"))])
@@ -53,14 +53,6 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
                                                           e.fresh(ctx.node.outputs[1].name)], **attrs)
         return y, w
     return e.op("Attention", inputs, hint=ctx.node.outputs[0].name, **attrs)
-
-
-class _ScoresRef:
-    """A (B, 1, Sq, Skv)-shaped zero tensor built from shapes only, for ``keep_mask``'s dim reads."""
-
-    def __init__(self, e, q: str, k: str) -> None:
-        shape = e.op("Concat", [e.i64([1, 1]), e.shape_slice(q, 2, 3), e.shape_slice(k, 2, 3)], axis=0)
-        self.name = e.op("ConstantOfShape", [shape], hint="scores_shape")
 
 
 def contrib_refusal(ctx: NodeCtx) -> str | None:

@@ -85,42 +85,39 @@ def _softcap(ctx, x):
     return e.op("Mul", [e.op("Tanh", [e.op("Div", [x, cap])]), cap], hint=_hint(ctx))
 
 
-def keep_mask(e: OnnxEmitter, ctx: NodeCtx, scores_ref: str, operands: dict, *, use_causal: bool = True):
+def keep_mask(e: OnnxEmitter, ctx: NodeCtx, sq: str, skv: str, operands: dict, *, use_causal: bool = True):
     """Bool tensor of kept positions, broadcastable to (B, H, Sq, Skv), or None when nothing is masked.
 
-    ``scores_ref`` is any tensor whose dims 2 and 3 are (Sq, Skv).
+    ``sq`` and ``skv`` are 1-element int64 tensors holding the query and key lengths.
     """
     a = ctx.node.attr_dict
     causal = bool(a["causal"]) and use_causal
     wl, wr = int(a["window_left"]), int(a["window_right"])
+    structured = causal or wl >= 0 or wr >= 0
     parts = []
-    if causal or wl >= 0 or wr >= 0:
-        sq = e.op("Squeeze", [e.shape_slice(scores_ref, 2, 3), e.i64([0])])
-        skv = e.op("Squeeze", [e.shape_slice(scores_ref, 3, 4), e.i64([0])])
-        zero, one = e.const(np.int64(0), "zero"), e.const(np.int64(1), "one")
-        rows = e.op("Range", [zero, sq, one])
+    if "bool" in operands:
+        parts.append(operands["bool"])
+    if not structured and "lengths" not in operands:
+        return parts[0] if parts else None
+    zero, one = e.const(np.int64(0), "zero"), e.const(np.int64(1), "one")
+    sq0, skv0 = e.op("Squeeze", [sq, e.i64([0])]), e.op("Squeeze", [skv, e.i64([0])])
+    cols = e.op("Reshape", [e.op("Range", [zero, skv0, one]), e.i64([1, 1, 1, -1])])  # (1, 1, 1, Skv)
+    lengths = e.op("Cast", [operands["lengths"]], to=ONNX_TYPES[DType.INT64]) if "lengths" in operands else None
+    if lengths is not None:
+        parts.append(e.op("Less", [cols, e.op("Reshape", [lengths, e.i64([-1, 1, 1, 1])])]))
+    if structured:
+        rows = e.op("Reshape", [e.op("Range", [zero, sq0, one]), e.i64([1, 1, -1, 1])])  # (1, 1, Sq, 1)
         if a["align"] == "lengths":  # per batch row: the queries are the last Sq of its valid keys
-            lengths = e.op("Cast", [operands["lengths"]], to=ONNX_TYPES[DType.INT64])
             start = e.op("Reshape", [e.op("Sub", [lengths, sq]), e.i64([-1, 1, 1, 1])])
-            pos = e.op("Add", [e.op("Reshape", [rows, e.i64([1, 1, -1, 1])]), start])  # (B, 1, Sq, 1)
-            cols = e.op("Reshape", [e.op("Range", [zero, skv, one]), e.i64([1, 1, 1, -1])])
         else:
-            pos = e.unsqueeze(e.op("Add", [rows, e.dim(a["offset"])]), [1])   # (Sq, 1) absolute positions
-            cols = e.unsqueeze(e.op("Range", [zero, skv, one]), [0])          # (1, Skv)
+            start = e.dim(a["offset"])
+        pos = e.op("Add", [rows, start])  # absolute query positions, (1 or B, 1, Sq, 1)
         if causal:
             parts.append(e.op("LessOrEqual", [cols, pos]))
         if wl >= 0:
             parts.append(e.op("GreaterOrEqual", [cols, e.op("Sub", [pos, e.i64([wl])])]))
         if wr >= 0:
             parts.append(e.op("LessOrEqual", [cols, e.op("Add", [pos, e.i64([wr])])]))
-    if "bool" in operands:
-        parts.append(operands["bool"])
-    if "lengths" in operands:
-        skv4 = e.op("Squeeze", [e.shape_slice(scores_ref, 3, 4), e.i64([0])])
-        cols4 = e.op("Reshape", [e.op("Range", [e.const(np.int64(0), "zero"), skv4, e.const(np.int64(1), "one")]),
-                                 e.i64([1, 1, 1, -1])])
-        lengths = e.op("Cast", [operands["lengths"]], to=ONNX_TYPES[DType.INT64])
-        parts.append(e.op("Less", [cols4, e.op("Reshape", [lengths, e.i64([-1, 1, 1, 1])])]))
     keep = None
     for p in parts:
         keep = p if keep is None else e.op("And", [keep, p])
@@ -133,7 +130,7 @@ def _mask(ctx, scores, *ops):
     operands = dict(zip(ctx.attr("operands"), ops))
     if "bias" in operands:
         scores = e.op("Add", [scores, operands["bias"]])
-    keep = keep_mask(e, ctx, scores, operands)
+    keep = keep_mask(e, ctx, e.shape_slice(scores, 2, 3), e.shape_slice(scores, 3, 4), operands)
     if keep is None:
         return scores
     return e.op("Where", [keep, scores, e.scalar(float("-inf"))], hint=_hint(ctx))

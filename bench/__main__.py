@@ -15,7 +15,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 from bench import report
 from bench.cases import DEFAULT, QUICK, BenchCase
