@@ -56,7 +56,7 @@ def terminal_table(data: dict) -> str:
     c = data["ceilings"]
     lines = ["ceilings: " + ", ".join(f"{k} {list(v.values())[0]:.1f} {list(v)[0]}" if v.get("status") != "killed"
                                       and "reason" not in v else f"{k} {v.get('reason')}" for k, v in c.items())]
-    widths = [18, 11, 14, 10, 8, 14, 13, 18]
+    widths = [26, 11, 14, 10, 8, 14, 13, 18]
     for key, rows in _by_case(data).items():
         lines.append(f"\n{key}")
         lines.append("  " + "".join(h.ljust(w) for h, w in zip(HEADER, widths)))
