@@ -183,7 +183,7 @@ def attngraph_impls() -> list[Impl]:
     return out
 
 
-SKIPS_MASKED: set[str] = set()  # attngraph backends whose causal kernel skips blocks above the diagonal
+SKIPS_MASKED: set[str] = {"numba"}  # attngraph backends whose causal kernel skips blocks above the diagonal
 
 
 def all_impls() -> dict[str, Impl]:
