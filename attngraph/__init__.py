@@ -30,6 +30,7 @@ from attngraph.mha import (
 )
 from attngraph.onnx_export import export_onnx
 from attngraph.onnx_import import from_onnx
+from attngraph.torch_import import from_torch
 from attngraph.passes import PIPELINES, run_pipeline
 from attngraph.printer import format_graph
 from attngraph.registry import available_backends, get_backend, register_backend
@@ -44,6 +45,6 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "Executable", "Graph", "GraphBuilder", "GraphError", "InputError", "LoweringError", "Node", "Op",
     "PIPELINES", "Rules", "SerializationError", "TensorType", "Value", "WeightError", "Weights",
     "available_backends", "build_attention", "causal_self_attention", "core_attention",
-    "cross_attention", "export_onnx", "format_graph", "from_onnx", "from_json", "get_backend", "load_graph", "register_backend",
+    "cross_attention", "export_onnx", "format_graph", "from_onnx", "from_torch", "from_json", "get_backend", "load_graph", "register_backend",
     "run_pipeline", "save_graph", "self_attention", "to_json", "verify_graph",
 ]

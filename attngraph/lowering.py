@@ -137,6 +137,16 @@ class Backend:
     def make_state(self, graph: Graph, options: dict[str, Any]) -> Any:
         return None
 
+    def make_executor(self, nodes: list[Node], state: Any, options: dict[str, Any]) -> Callable[..., tuple]:
+        """``execute(env, dims, outputs)``: run the per-call ``nodes`` and return the outputs' values.
+        A backend may wrap it (the torch backend hands it to ``torch.compile``)."""
+        rules = self.rules
+
+        def execute(env: dict[Value, Any], dims: Mapping[str, int], outputs) -> tuple:
+            interpret(nodes, rules, env, dims, state)
+            return tuple(env[v] for v in outputs)
+        return execute
+
     def resolve_options(self, given: Mapping[str, Any]) -> dict[str, Any]:
         unknown = sorted(set(given) - set(self.options))
         if unknown:
@@ -155,12 +165,13 @@ class Backend:
         const, per_call = split_param_nodes(lowered)
         interpret(const, self.rules, env, {}, state)
         outputs = lowered.outputs
+        execute = self.make_executor(per_call, state, opts)
 
         def run(given: dict[str, Any], bound: dict[str, int]) -> dict[str, Any]:
             local = dict(env)
             for value in lowered.inputs:
                 local[value] = self.to_backend(given[value.name], opts)
-            interpret(per_call, self.rules, local, bound, state)
-            return {v.name: self.to_numpy(local[v]) for v in outputs}
+            results = execute(local, bound, outputs)
+            return {v.name: self.to_numpy(r) for v, r in zip(outputs, results, strict=True)}
 
         return Executable(lowered, self.name, run, opts)

@@ -20,6 +20,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "numpy": ("backends.numpy_backend:NumpyBackend", "attngraph"),
     "numba": ("backends.numba_backend:NumbaBackend", "numba"),
     "onnx": ("backends.onnx_backend:OnnxBackend", "onnx"),
+    "torch": ("backends.torch_backend:TorchBackend", "torch"),
 }
 
 _registered: dict[str, Any] = {}

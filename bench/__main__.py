@@ -3,6 +3,7 @@
     python -m bench --quick                 # tiny shapes, about a minute
     python -m bench                         # d_model 512, 8 heads, B 1/8, T 128..4096, full and causal
     python -m bench --json out.json --out bench/results --device cuda
+    python -m bench --impls attngraph-numba,torch-sdpa --batches 1 --seqs 32768 --masks causal   # memory
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 
 from bench import report
-from bench.cases import DEFAULT, QUICK, BenchCase
+from bench.cases import DEFAULT, QUICK, BenchCase, grid
 from bench.impls import EXPORTERS, all_impls, export_key
 from bench.runner import run_worker
 
@@ -29,6 +30,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "or comma-separated name patterns, e.g. 'ort-*,attngraph-onnx-*'")
     p.add_argument("--seqs", type=int, nargs="*", help="override the sequence lengths")
     p.add_argument("--batches", type=int, nargs="*", help="override the batch sizes")
+    p.add_argument("--masks", nargs="*", choices=["full", "causal"], help="only these masks (default: both)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (torch and onnxruntime peers)")
     p.add_argument("--repeats", type=int, default=7, help="timed calls per measurement (at most)")
     p.add_argument("--min-repeats", type=int, default=3)
@@ -42,13 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def select_cases(args) -> list[BenchCase]:
-    cases = QUICK if args.quick else DEFAULT
-    if args.seqs:
-        cases = [c for c in cases if c.seq in args.seqs] or [BenchCase(**{**cases[0].to_dict(), "seq": s})
-                                                              for s in args.seqs]
-    if args.batches:
-        cases = [c for c in cases if c.batch in args.batches]
-    return cases
+    """The default (or quick) grid, with the sequence lengths, batches and masks the user overrides."""
+    base = QUICK if args.quick else DEFAULT
+    first = base[0]
+    seqs = args.seqs or sorted({c.seq for c in base})
+    batches = args.batches or sorted({c.batch for c in base})
+    causals = tuple(m == "causal" for m in args.masks) if args.masks else (False, True)
+    return grid([first.d_model], [first.heads], batches, seqs, causals, (first.dtype,), first.kv_heads)
 
 
 def select_impls(pattern: str):
