@@ -30,6 +30,7 @@ from attngraph.mha import (
 )
 from attngraph.onnx_export import export_onnx
 from attngraph.onnx_import import from_onnx
+from attngraph.selection import select_backend
 from attngraph.torch_import import from_torch
 from attngraph.passes import PIPELINES, run_pipeline
 from attngraph.printer import format_graph
@@ -46,5 +47,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "PIPELINES", "Rules", "SerializationError", "TensorType", "Value", "WeightError", "Weights",
     "available_backends", "build_attention", "causal_self_attention", "core_attention",
     "cross_attention", "export_onnx", "format_graph", "from_onnx", "from_torch", "from_json", "get_backend", "load_graph", "register_backend",
-    "run_pipeline", "save_graph", "self_attention", "to_json", "verify_graph",
+    "run_pipeline", "save_graph", "select_backend", "self_attention", "to_json", "verify_graph",
 ]

@@ -26,5 +26,71 @@ def compile(graph: Graph, backend: str | Any = "numpy", weights: Mapping[str, np
     """
     from attngraph.registry import get_backend
 
+    if backend == "auto":
+        return compile_auto(graph, weights, **options)
     impl = get_backend(backend) if isinstance(backend, str) else backend
     return impl.compile(graph, weights, **options)
+
+
+def compile_auto(graph: Graph, weights: Mapping[str, np.ndarray] | None = None, *, autotune: bool = False,
+                 sizes: Mapping[str, int] | None = None, **options: Any) -> Executable:
+    """``compile(graph, "auto")``: the backend ``select_backend`` ranks first (or the fastest measured,
+    with ``autotune=True`` at ``sizes``), falling back to the next one, with a warning, when a backend
+    fails to compile or fails its first call. ``sizes``: batch, q_len, kv_len, past_len."""
+    import warnings
+
+    from attngraph.errors import InputError
+    from attngraph.selection import select_backend
+    from attngraph.selection.autotune import tuned_order
+
+    if options:
+        raise TypeError(f"backend='auto' takes no backend options (got {sorted(options)}); "
+                        "name a backend to pass its options")
+    selection = select_backend(graph, sizes=sizes)
+    order = selection.order
+    if autotune:
+        order, selection.tuned = tuned_order(graph, weights, dict(sizes or {}), selection)
+        selection.choice = order[0]
+    failures: list[str] = []
+
+    def first_working(start: int) -> tuple[int, Executable]:
+        for i in range(start, len(order)):
+            try:
+                return i, get_backend_compile(order[i], graph, weights)
+            except InputError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any failure moves on to the next backend
+                failures.append(f"{order[i]}: {type(e).__name__}: {str(e).splitlines()[0]}")
+                warnings.warn(f"backend {order[i]!r} failed to compile ({failures[-1]}); trying the next one",
+                              stacklevel=3)
+        raise RuntimeError("every eligible backend failed: " + "; ".join(failures))
+
+    index, ex = first_working(0)
+    state = {"index": index, "ex": ex, "proven": False}
+
+    def run(given, bound):
+        while True:
+            try:
+                out = state["ex"].run(given, bound)
+                state["proven"] = True
+                return out
+            except InputError:
+                raise
+            except Exception as e:  # noqa: BLE001
+                if state["proven"]:
+                    raise
+                name = order[state["index"]]
+                warnings.warn(f"backend {name!r} failed its first call ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}); falling back to the next one", stacklevel=3)
+                state["index"], state["ex"] = first_working(state["index"] + 1)
+                auto.backend = f"auto:{order[state['index']]}"
+
+    auto = Executable(ex.graph, f"auto:{order[index]}", run, {"selection": selection})
+    auto.selection = selection
+    return auto
+
+
+def get_backend_compile(name: str, graph: Graph, weights) -> Executable:
+    from attngraph.registry import get_backend
+
+    return get_backend(name).compile(graph, weights)

@@ -4,6 +4,8 @@
     attngraph show [graph flags] [--save]  build or load a graph and print its text form
     attngraph run  [graph flags] --backend numpy --batch 2 --q-len 16
     attngraph export OUT.onnx [graph flags] --style auto|decomposed|attention|contrib
+    attngraph conformance [--backends ...] [--cases PATTERN] [--dtype ...] [--json F] [--markdown F] [--html F]
+    attngraph check                        the first command: backend choice, quick conformance, ONNX export
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from attngraph import cli_conformance
 from attngraph.errors import AttnGraphError
 
 
@@ -154,6 +157,10 @@ COMMANDS: dict[str, Command] = {
     "show": Command("build (or load) a graph and print its text form", _show_args, _show),
     "run": Command("run a graph on random inputs on a backend and summarise the outputs", _run_args, _run),
     "export": Command("export a graph (from flags or --load) to an ONNX file", _export_args, _export),
+    "conformance": Command("run the conformance corpus on every backend against the float64 reference",
+                           cli_conformance.conformance_args, cli_conformance.conformance),
+    "check": Command("pick a backend for this machine, run the quick conformance, export and verify ONNX",
+                     cli_conformance.check_args, cli_conformance.check),
 }
 
 

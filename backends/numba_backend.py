@@ -24,7 +24,7 @@ _cache_dir()  # before numba is imported: it reads NUMBA_CACHE_DIR once
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
+from threadpoolctl import ThreadpoolController  # noqa: E402
 
 from attngraph.dtypes import compute_dtype, to_numpy  # noqa: E402
 from attngraph.ir import Op  # noqa: E402
@@ -34,6 +34,7 @@ from backends.numba_kernels import flash_attention  # noqa: E402
 from backends.numpy_kernels import as_rank4  # noqa: E402
 
 rules = Rules("numba")
+_BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
 rules.update({op: fn for op, fn in numpy_backend.rules.items() if op is not Op.ATTENTION})
 
 
@@ -76,7 +77,7 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
         numba.set_num_threads(int(st["threads"]))
     # the kernel's prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
     # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _BLAS.limit(limits=1, user_api="blas"):
         flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
                         cd.type(a["scale"]), cd.type(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
                         int(a["window_right"]), int(st["block_q"]), block_k, out, weights, want)

@@ -119,6 +119,8 @@ def _attention(ctx, q, k, v, *operands):
     mask = _mask_kwargs(ctx, named, q.shape[2])
     scale, softcap, want = float(ctx.attr("scale")), float(ctx.attr("softcap")), bool(ctx.attr("return_weights"))
     plan = K.sdpa_plan(named, softcap=softcap, return_weights=want, **mask) if ctx.state["sdpa"] else "explicit"
+    if plan != "explicit" and any(bool(torch.isnan(x).any()) for x in (q, k, v)):
+        plan = "explicit"  # torch's CPU SDPA returns 0 for a row with a NaN score: NaN must propagate
     if plan != "explicit":
         half_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
         qc, kc, vc = (x if half_ok else _compute(ctx, x) for x in (q, k, v))

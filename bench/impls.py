@@ -7,6 +7,7 @@ result into a NumPy array. Frameworks are imported inside ``setup``, in the work
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,11 @@ def _attngraph_setup(backend: str, **extra):
 
         make = ag.causal_self_attention if case.causal else ag.self_attention
         graph = ag.run_pipeline(make(case.d_model, case.heads, num_kv_heads=case.kv_heads, dtype=case.dtype), "O1")
-        options = {"device": device} if "device" in ag.get_backend(backend).options else {}
+        if backend == "auto":  # sizes for the choice (and for autotune, timed in this setup)
+            os.environ.setdefault("ATTNGRAPH_CACHE_DIR", str(Path(workdir) / "autotune"))
+            options = {"sizes": {"batch": case.batch, "q_len": case.seq}}
+        else:
+            options = {"device": device} if "device" in ag.get_backend(backend).options else {}
         options.update(extra)
         exe = ag.compile(graph, backend, weights=w, **options)
         inputs = {"x": x}
@@ -180,10 +185,12 @@ def attngraph_impls() -> list[Impl]:
             continue
         out.append(Impl(f"attngraph-{name}", "attngraph", _attngraph_setup(name),
                         skips_masked=name in SKIPS_MASKED, needs=()))
+    out += [Impl("attngraph-auto", "attngraph", _attngraph_setup("auto"), needs=()),
+            Impl("attngraph-auto-tuned", "attngraph", _attngraph_setup("auto", autotune=True), needs=())]
     return out
 
 
-SKIPS_MASKED: set[str] = {"numba"}  # attngraph backends whose causal kernel skips blocks above the diagonal
+SKIPS_MASKED: set[str] = {"numba", "torch"}  # attngraph backends whose causal kernel skips blocks above the diagonal
 
 
 def all_impls() -> dict[str, Impl]:

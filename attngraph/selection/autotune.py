@@ -1,0 +1,112 @@
+"""Autotune: time the eligible backends on the real shapes and cache the winner.
+
+The cache is one JSON file in the user's cache directory (``$ATTNGRAPH_CACHE_DIR`` or
+``$XDG_CACHE_HOME/attngraph``), keyed by hardware fingerprint, graph signature, dtype and a shape
+bucket (each size rounded up to a power of two). It is written atomically and read as plain data;
+a corrupt file is ignored with a warning and rewritten on the next save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from attngraph.fileio import atomic_write_text
+from attngraph.ir import Graph
+
+VERSION = 1
+
+
+def cache_path() -> Path:
+    root = os.environ.get("ATTNGRAPH_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME",
+                                                                          Path.home() / ".cache")) / "attngraph"
+    return Path(root) / "autotune.json"
+
+
+def _bucket(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cache_key(fingerprint: str, graph: Graph, sizes: Mapping[str, int]) -> str:
+    from attngraph.serialize import to_json
+
+    signature = hashlib.sha256(to_json(graph).encode()).hexdigest()[:16]
+    dtype = graph.inputs[0].type.dtype.value if graph.inputs else "?"
+    bucket = ",".join(f"{k}={_bucket(v)}" for k, v in sorted(sizes.items()))
+    return f"{fingerprint}|{signature}|{dtype}|{bucket}"
+
+
+def load_cache() -> dict:
+    path = cache_path()
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("entries"), dict):
+            raise ValueError("unexpected layout")
+        return data["entries"]
+    except (ValueError, OSError) as e:
+        warnings.warn(f"ignoring the unreadable autotune cache {path} ({e}); it will be rewritten", stacklevel=2)
+        return {}
+
+
+def save_entry(key: str, entry: dict) -> None:
+    entries = load_cache()
+    entries[key] = entry
+    atomic_write_text(cache_path(), json.dumps({"version": VERSION, "entries": entries}, indent=1))
+
+
+def clear_cache() -> bool:
+    """Delete the cache file; True when there was one."""
+    path = cache_path()
+    if path.exists():
+        path.unlink()
+        return True
+    return False
+
+
+def time_backends(graph: Graph, weights, sizes: Mapping[str, int], names: list[str], *, repeats: int = 3,
+                  seed: int = 0) -> dict[str, float]:
+    """Median ms of ``repeats`` warm calls per backend on random inputs of ``sizes``; failures are left out."""
+    import attngraph as ag
+    from attngraph.random_inputs import random_inputs
+
+    inputs = random_inputs(graph, {"past_len": 0, **sizes}, seed=seed)
+    times = {}
+    for name in names:
+        try:
+            run = ag.compile(graph, name, weights=weights)
+            run(inputs)  # first call: JIT, session, warm caches
+            samples = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run(inputs)
+                samples.append(time.perf_counter() - t0)
+            times[name] = float(np.median(samples) * 1e3)
+        except Exception as e:  # noqa: BLE001 - a backend that fails here is simply not a candidate
+            warnings.warn(f"autotune: {name} failed on this graph ({type(e).__name__}: {e}); skipping it",
+                          stacklevel=2)
+    return times
+
+
+def tuned_order(graph: Graph, weights, sizes: Mapping[str, int], selection, *, repeats: int = 3,
+                refresh: bool = False) -> tuple[list[str], dict[str, float]]:
+    """The eligible backends fastest first, from the cache or measured now (and cached)."""
+    sizes = {"batch": selection.problem.batch, "q_len": selection.problem.q_len, **sizes}
+    key = cache_key(selection.hardware.fingerprint(), graph, sizes)
+    entry = None if refresh else load_cache().get(key)
+    if entry is None or set(entry.get("times_ms", {})) - set(selection.order):
+        times = time_backends(graph, weights, sizes, selection.order, repeats=repeats)
+        entry = {"times_ms": times, "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if times:
+            save_entry(key, entry)
+    times = entry["times_ms"]
+    order = sorted(times, key=times.get) + [n for n in selection.order if n not in times]
+    return order, times
