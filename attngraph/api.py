@@ -39,7 +39,7 @@ def compile_auto(graph: Graph, weights: Mapping[str, np.ndarray] | None = None, 
     fails to compile or fails its first call. ``sizes``: batch, q_len, kv_len, past_len."""
     import warnings
 
-    from attngraph.errors import InputError
+    from attngraph.errors import ConfigError, GraphError, InputError, WeightError
     from attngraph.selection import select_backend
     from attngraph.selection.autotune import tuned_order
 
@@ -52,12 +52,13 @@ def compile_auto(graph: Graph, weights: Mapping[str, np.ndarray] | None = None, 
         order, selection.tuned = tuned_order(graph, weights, dict(sizes or {}), selection)
         selection.choice = order[0]
     failures: list[str] = []
+    users_errors = (InputError, WeightError, GraphError, ConfigError)  # no other backend would take these
 
     def first_working(start: int) -> tuple[int, Executable]:
         for i in range(start, len(order)):
             try:
                 return i, get_backend_compile(order[i], graph, weights)
-            except InputError:
+            except users_errors:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure moves on to the next backend
                 failures.append(f"{order[i]}: {type(e).__name__}: {str(e).splitlines()[0]}")
@@ -74,7 +75,7 @@ def compile_auto(graph: Graph, weights: Mapping[str, np.ndarray] | None = None, 
                 out = state["ex"].run(given, bound)
                 state["proven"] = True
                 return out
-            except InputError:
+            except users_errors:
                 raise
             except Exception as e:  # noqa: BLE001
                 if state["proven"]:

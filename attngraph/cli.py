@@ -6,6 +6,7 @@
     attngraph export OUT.onnx [graph flags] --style auto|decomposed|attention|contrib
     attngraph conformance [--backends ...] [--cases PATTERN] [--dtype ...] [--json F] [--markdown F] [--html F]
     attngraph check                        the first command: backend choice, quick conformance, ONNX export
+    attngraph tune [graph flags] --batch 8 --q-len 1024 [--refresh | --clear]
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from attngraph import cli_conformance
+from attngraph import cli_conformance, cli_tune
 from attngraph.errors import AttnGraphError
 
 
@@ -46,6 +47,11 @@ def _info(args: argparse.Namespace) -> int:
     for name in available_backends():
         ok, why = backend_status(name)
         print(f"  {name:<8} {'available' if ok else 'unavailable: ' + why}")
+    from attngraph.mha import causal_self_attention
+    from attngraph.selection import select_backend
+
+    print("\nChoice for a causal MHA (d_model 512, 8 heads, batch 8, seq 1024); `attngraph tune` measures:")
+    print(select_backend(causal_self_attention(512, 8), sizes={"batch": 8, "q_len": 1024}).explain())
     return 0
 
 
@@ -161,6 +167,8 @@ COMMANDS: dict[str, Command] = {
                            cli_conformance.conformance_args, cli_conformance.conformance),
     "check": Command("pick a backend for this machine, run the quick conformance, export and verify ONNX",
                      cli_conformance.check_args, cli_conformance.check),
+    "tune": Command("time the eligible backends for a graph at given sizes and cache the winner",
+                    cli_tune.tune_args, cli_tune.tune),
 }
 
 

@@ -56,3 +56,25 @@ def test_export_writes_a_model_that_runs(tmp_path, capsys):
     assert main(["export", str(tmp_path / "c.onnx"), "--kv-heads", "2", "--style", "contrib"]) == 2
     assert "cannot express GQA/MQA" in capsys.readouterr().err
     assert not (tmp_path / "c.onnx").exists()
+
+
+def test_check_picks_a_backend_runs_the_quick_corpus_and_verifies_onnx(capsys, tmp_path):
+    from attngraph.cli import main
+
+    assert main(["check", "--no-progress", "--d-model", "64", "--heads", "4", "--onnx", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "backend: " in out and "hardware: " in out
+    assert "bool_mask_polarity" in out and "rerun by onnxruntime: ok" in out
+    assert (tmp_path / "m.onnx").exists()
+    last = out.rstrip().splitlines()[-1]
+    assert last.endswith("0 failed, 1 skipped") or last.endswith("0 failed, 0 skipped"), last
+
+
+def test_tune_measures_caches_and_clears(capsys, tmp_path, monkeypatch):
+    from attngraph.cli import main
+
+    monkeypatch.setenv("ATTNGRAPH_CACHE_DIR", str(tmp_path))
+    assert main(["tune", "--causal", "--d-model", "32", "--heads", "4", "--batch", "1", "--q-len", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "autotune: " in out and (tmp_path / "autotune.json").exists()
+    assert main(["tune", "--clear"]) == 0 and not (tmp_path / "autotune.json").exists()
