@@ -94,10 +94,13 @@ def heatmap_png(results: Sequence[Result]) -> bytes | None:
                 ratio = r.ratio if r.ratio is not None and math.isfinite(r.ratio) else 1e3
                 grid[i, j] = math.log10(max(ratio, 1e-4))
     fig, ax = plt.subplots(figsize=(2 + 1.1 * len(targets), 1 + 0.16 * len(cases)))
-    im = ax.imshow(grid, aspect="auto", cmap="RdYlGn_r", vmin=-4, vmax=1, interpolation="nearest")
-    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+    cmap = matplotlib.colormaps["RdYlGn_r"].copy()
+    cmap.set_bad("#cccccc")  # skipped cells
+    im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=-4, vmax=1, interpolation="nearest")
+    ax.xaxis.tick_top()  # target names above the (long) matrix
+    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="left", fontsize=8)
     ax.set_yticks(range(len(cases)), cases, fontsize=5)
-    fig.colorbar(im, ax=ax, label="log10(error / budget); > 0 fails, grey = skipped")
+    fig.colorbar(im, ax=ax, label="log10(error / budget): > 0 fails; grey: skipped")
     ax.set_title("attngraph conformance: error / budget")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -132,7 +135,7 @@ def html_page(results: Sequence[Result], meta: dict | None = None) -> str:
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>attngraph conformance</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #bbb;padding:2px 6px;text-align:right}} th{{text-align:left}} td.pins{{text-align:left;color:#555}}
+td,th{{border:1px solid #bbb;padding:2px 6px;text-align:right;white-space:nowrap}} th{{text-align:left}} td.pins{{text-align:left;color:#555}}
 .summary{{font-size:18px;font-weight:bold}}</style></head><body>
 <h1>attngraph conformance</h1><p class=summary>{html.escape(counts_line(results))}</p><ul>{meta_html}</ul>
 {img}
