@@ -67,8 +67,14 @@ def check_args(p: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> int:
     """The newcomer's first command: choice of backend, quick conformance, ONNX export verified."""
     import attngraph as ag
-    from attngraph.conformance import all_cases, evaluate, installed_backends, run_conformance, select_cases
-    from attngraph.conformance import targets_for
+    from attngraph.conformance import (
+        all_cases,
+        evaluate,
+        installed_backends,
+        run_conformance,
+        select_cases,
+        targets_for,
+    )
     from attngraph.conformance.budgets import BUDGETS, compare
     from attngraph.conformance.report import counts_line, terminal, write
     from attngraph.random_inputs import random_inputs

@@ -2,8 +2,9 @@
 
 Every other op uses the NumPy backend's rules (they are BLAS calls or layout changes already).
 Options: ``threads`` (default: NUMBA_NUM_THREADS / all cores), ``block_q`` and ``block_k`` (tile
-sizes; ``block_k=0`` picks it from the head dim, see ``auto_block_k``), ``fuse`` (default True). Kernels compile once and are cached on disk; when the package
-folder is read-only the cache goes to ``~/.cache/attngraph/numba`` (or ``$NUMBA_CACHE_DIR``).
+sizes; ``block_k=0`` picks it from the head dim, see ``auto_block_k``), ``fuse`` (default True).
+Kernels compile once and are cached on disk; when the package folder is read-only the cache goes
+to ``~/.cache/attngraph/numba`` (or ``$NUMBA_CACHE_DIR``).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each key block of V is a contiguous slice of the caller's array. K is copied once into key blocks
 stored transposed (``pack_key_blocks``): BLAS's small-matrix path takes Q K^T as a plain product
-then, several times faster than with a transpose flag on these tile sizes. Work is split over (batch, q head, query block) with ``prange``; each task
+then, several times faster than with a transpose flag on these tile sizes. Work is split over
+(batch, q head, query block) with ``prange``; each task
 keeps its running row max ``m``, row sum ``l`` and output accumulator for one query block and visits
 the key blocks in order. Blocks entirely above the causal frontier, outside the window or past the
 batch row's key length are never visited. Both products go through ``np.dot`` (BLAS via SciPy) and

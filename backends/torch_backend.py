@@ -143,7 +143,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def to_tensor(array: Any, device: torch.device) -> torch.Tensor:
-    """A NumPy array (bfloat16 from ml_dtypes included) or tensor as a tensor on ``device``; no copy when it is there."""
+    """A NumPy array (ml_dtypes' bfloat16 included) or tensor, as a tensor on ``device``; no copy if it is there."""
     if isinstance(array, torch.Tensor):
         return array.to(device)
     a = np.asarray(array)

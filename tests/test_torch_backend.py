@@ -38,7 +38,8 @@ def _case(seed=0, **knobs):
     rng = np.random.default_rng(seed)
     x = {"q": rng.standard_normal((2, 4, 5, 8), dtype=np.float32)}
     kv = 5 + (3 if knobs.get("kv_cache") else 0)
-    x.update(k=rng.standard_normal((2, 2, 5, 8), dtype=np.float32), v=rng.standard_normal((2, 2, 5, 8), dtype=np.float32))
+    x.update(k=rng.standard_normal((2, 2, 5, 8), dtype=np.float32),
+             v=rng.standard_normal((2, 2, 5, 8), dtype=np.float32))
     if knobs.get("kv_cache"):
         x.update(past_key=rng.standard_normal((2, 2, 3, 8), dtype=np.float32),
                  past_value=rng.standard_normal((2, 2, 3, 8), dtype=np.float32))

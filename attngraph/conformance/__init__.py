@@ -9,7 +9,14 @@ from attngraph.conformance.budgets import BACKEND_BUDGETS, BUDGETS, KNOWN_DEVIAT
 from attngraph.conformance.cases import Case, all_cases, edge_cases, named_cases, random_cases
 from attngraph.conformance.reference import evaluate
 from attngraph.conformance.runner import (
-    Result, Target, installed_backends, run_case, run_conformance, select_cases, summary, targets_for,
+    Result,
+    Target,
+    installed_backends,
+    run_case,
+    run_conformance,
+    select_cases,
+    summary,
+    targets_for,
 )
 
 __all__ = [

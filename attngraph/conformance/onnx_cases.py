@@ -28,7 +28,7 @@ def onnx_node_cases() -> list[Case]:
 
             graph = ag.from_onnx(t.model)
             inputs, _expected = t.data_sets[0]
-            return graph, {}, {vi.name: arr for vi, arr in zip(t.model.graph.input, inputs)}
+            return graph, {}, {vi.name: arr for vi, arr in zip(t.model.graph.input, inputs, strict=True)}
 
         elem = t.model.graph.input[0].type.tensor_type.elem_type  # TensorProto: 1 f32, 10 f16, 11 f64, 16 bf16
         dtype = {10: "float16", 11: "float64", 16: "bfloat16"}.get(elem, "float32")

@@ -21,7 +21,7 @@ def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[st
     for value in list(graph.inputs) + list(graph.params):
         arr = np.asarray(inputs[value.name] if value.name in inputs else weights[value.name])
         env[value] = arr.astype(np.float64) if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16" else arr
-        for d, size in zip(value.type.shape, arr.shape):
+        for d, size in zip(value.type.shape, arr.shape, strict=True):
             if not dims.is_static(d) and dims.canonical(d) in dims.symbols(d):
                 bound[dims.canonical(d)] = int(size)
     for node in graph.nodes:

@@ -118,6 +118,11 @@ def _color(r: Result | None) -> str:
     return "#9fdf9f" if ratio < 0.1 else "#d8f0a0" if ratio < 0.5 else "#f5e08a"
 
 
+def _td(r: Result | None) -> str:
+    title = html.escape(r.detail) if r else ""
+    return f'<td style="background:{_color(r)}" title="{title}">{html.escape(cell_text(r))}</td>'
+
+
 def html_page(results: Sequence[Result], meta: dict | None = None) -> str:
     """One self-contained page: summary, heatmap image (inline), and the colored matrix with details on hover."""
     cases, targets, cell = _matrix(results)
@@ -127,15 +132,14 @@ def html_page(results: Sequence[Result], meta: dict | None = None) -> str:
         if png else "<p>(install matplotlib for the heatmap image)</p>"
     rows = []
     for c in cases:
-        tds = "".join(
-            f'<td style="background:{_color(cell.get((c, t)))}" title="{html.escape(cell[(c, t)].detail if (c, t) in cell else "")}">'
-            f"{html.escape(cell_text(cell.get((c, t))))}</td>" for t in targets)
+        tds = "".join(_td(cell.get((c, t))) for t in targets)
         rows.append(f"<tr><th>{html.escape(c)}</th>{tds}<td class=pins>{html.escape(pins[c])}</td></tr>")
     meta_html = "".join(f"<li>{html.escape(str(k))}: {html.escape(str(v))}</li>" for k, v in (meta or {}).items())
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>attngraph conformance</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #bbb;padding:2px 6px;text-align:right;white-space:nowrap}} th{{text-align:left}} td.pins{{text-align:left;color:#555}}
+td,th{{border:1px solid #bbb;padding:2px 6px;text-align:right;white-space:nowrap}} th{{text-align:left}}
+td.pins{{text-align:left;color:#555}}
 .summary{{font-size:18px;font-weight:bold}}</style></head><body>
 <h1>attngraph conformance</h1><p class=summary>{html.escape(counts_line(results))}</p><ul>{meta_html}</ul>
 {img}

@@ -42,9 +42,10 @@ class Hardware:
 @lru_cache(maxsize=1)
 def detect_hardware() -> Hardware:
     """Probe once per process. Importing torch/onnxruntime is what finding their devices costs."""
+    import os
+
     from attngraph.registry import available_backends, backend_status
     from attngraph.sysinfo import _cpu_flags, _cpu_name, memory_bytes
-    import os
 
     backends, unavailable = [], {}
     for name in available_backends():
