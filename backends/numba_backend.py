@@ -10,6 +10,7 @@ to ``~/.cache/attngraph/numba`` (or ``$NUMBA_CACHE_DIR``).
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -33,6 +34,15 @@ from attngraph.lowering import Backend, NodeCtx, Rules  # noqa: E402
 from backends import numpy_backend  # noqa: E402
 from backends.numba_kernels import flash_attention  # noqa: E402
 from backends.numpy_kernels import as_rank4  # noqa: E402
+
+# Threading layer: numba's default (OpenMP) leaves its workers spinning after each kernel, and on a
+# few cores they then starve the BLAS threads of the projections that follow (measured: the output
+# projection after the kernel went from 0.4 to 4 ms at B1 T128). The workqueue layer does not spin;
+# it must not be entered from two Python threads at once, so calls take _KERNEL_LOCK. A
+# NUMBA_THREADING_LAYER set by the user wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_KERNEL_LOCK = threading.Lock()
 
 rules = Rules("numba")
 _BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
@@ -78,7 +88,7 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
         numba.set_num_threads(int(st["threads"]))
     # the kernel's prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
     # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
-    with _BLAS.limit(limits=1, user_api="blas"):
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
         flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
                         cd.type(a["scale"]), cd.type(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
                         int(a["window_right"]), int(st["block_q"]), block_k, out, weights, want)

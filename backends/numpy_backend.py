@@ -40,7 +40,9 @@ def mask_kwargs(ctx: NodeCtx, operands: dict, q_len: int) -> dict:
 @rules.register(Op.LINEAR)
 def _linear(ctx: NodeCtx, x, w, b=None):
     y = _compute(x) @ _compute(w)
-    return _out(ctx, y if b is None else y + _compute(b))
+    if b is not None:
+        y += _compute(b)  # in place: no second output-sized temporary
+    return _out(ctx, y)
 
 
 @rules.register(Op.SPLIT_HEADS)
