@@ -29,7 +29,11 @@ def test_cpu_rules_follow_the_problem():
     causal = select_backend(ag.causal_self_attention(512, 8), sizes={"batch": 8, "q_len": 2048}, hardware=CPU)
     full = select_backend(ag.self_attention(512, 8), sizes={"batch": 8, "q_len": 512}, hardware=CPU)
     assert causal.rule == "cpu" and causal.choice == "torch"
-    assert full.rule == "cpu-full-short" and full.choice == "onnx"
+    assert full.rule == "cpu-full" and full.choice == "onnx"
+    short = select_backend(ag.causal_self_attention(512, 8), sizes={"batch": 1, "q_len": 128}, hardware=CPU)
+    assert short.rule == "cpu-short" and short.choice == "onnx"
+    long_full = select_backend(ag.self_attention(512, 8), sizes={"batch": 1, "q_len": 4096}, hardware=CPU)
+    assert long_full.rule == "cpu" and long_full.order[:2] == ["torch", "numba"]
 
 
 def test_missing_packages_are_passed_over_with_the_reason():

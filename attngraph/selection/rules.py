@@ -33,14 +33,18 @@ class Problem:
         return self.batch * self.heads * self.q_len * self.kv_len * 4
 
 
-# (name, condition, order, reason): the first row whose condition holds gives the order.
+# (name, condition, order, reason): the first row whose condition holds gives the order. CPU rows
+# from bench/reports/cpu-default.md (d_model 512, 8 heads, fp32, B 1 and 8, T 128..4096, 2 cores).
 RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], str]] = [
     ("cuda", lambda hw, p: bool(hw.cuda) and "torch" in hw.backends, ("torch", "onnx", "numba", "numpy"),
      "a CUDA GPU is present: torch runs SDPA's fused flash / memory-efficient kernels on it"),
-    ("cpu-full-short", lambda hw, p: not p.causal and p.kv_len <= 1024, ("onnx", "torch", "numba", "numpy"),
-     "CPU, no causal mask, kv_len <= 1024: onnxruntime's fused graph measured fastest (bench/reports)"),
-    ("cpu", lambda hw, p: True, ("torch", "onnx", "numba", "numpy"),
-     "CPU: torch SDPA's flash kernel streams and skips the causal half; onnxruntime next"),
+    ("cpu-short", lambda hw, p: p.kv_len <= 256, ("onnx", "torch", "numba", "numpy"),
+     "CPU, kv_len <= 256: per-call overhead dominates and onnxruntime's graph has the least"),
+    ("cpu-full", lambda hw, p: not p.causal and p.kv_len <= 2048, ("onnx", "torch", "numba", "numpy"),
+     "CPU, no causal mask, kv_len <= 2048: onnxruntime's fused graph measured fastest or within a few %"),
+    ("cpu", lambda hw, p: True, ("torch", "numba", "onnx", "numpy"),
+     "CPU, causal or long: torch SDPA's flash kernel skips the causal half in O(T) memory; Numba's "
+     "streaming kernel next; onnxruntime holds every score"),
 ]
 
 # Memory: working set beyond the inputs and weights, per backend (bytes), from how each computes.
