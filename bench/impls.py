@@ -139,7 +139,11 @@ def _attngraph_setup(backend: str, **extra):
         options.update(extra)
         exe = ag.compile(graph, backend, weights=w, **options)
         inputs = {"x": x}
-        return (lambda: exe(inputs)["y"]), np.asarray
+
+        def run():
+            return exe(inputs)["y"]
+        run.note = exe.backend  # e.g. "auto:torch": what auto picked, in the results
+        return run, np.asarray
 
     return setup
 

@@ -52,7 +52,8 @@ def run_case(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     peak = _maxrss_mib()
     got = fetch(out)
-    return {"status": "ok", "setup_s": setup_s, "first_call_s": first_s, "times_s": times,
+    return {"status": "ok", "note": getattr(run, "note", ""), "setup_s": setup_s, "first_call_s": first_s,
+            "times_s": times,
             "median_s": float(np.median(times)), "base_rss_mib": base, "peak_rss_mib": peak,
             **errors(got, np.load(spec["ref_path"]))}
 

@@ -16,8 +16,6 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
-
 from attngraph.fileio import atomic_write_text
 from attngraph.ir import Graph
 
@@ -72,27 +70,41 @@ def clear_cache() -> bool:
     return False
 
 
-def time_backends(graph: Graph, weights, sizes: Mapping[str, int], names: list[str], *, repeats: int = 3,
-                  seed: int = 0) -> dict[str, float]:
-    """Median ms of ``repeats`` warm calls per backend on random inputs of ``sizes``; failures are left out."""
-    import attngraph as ag
-    from attngraph.random_inputs import random_inputs
+def time_backends(graph: Graph, weights, sizes: Mapping[str, int], names: list[str], *, repeats: int = 5,
+                  seed: int = 0, timeout_s: float = 300.0) -> dict[str, float]:
+    """Median ms of ``repeats`` warm calls per backend on random inputs of ``sizes``, each backend in a
+    fresh process (see ``tune_worker``); a backend that fails or times out is left out, with a warning."""
+    import subprocess
+    import sys
+    import tempfile
 
-    inputs = random_inputs(graph, {"past_len": 0, **sizes}, seed=seed)
+    from attngraph.selection.tune_worker import TAG
+    from attngraph.serialize import save_graph
+    from attngraph.weights import Weights
+
     times = {}
-    for name in names:
-        try:
-            run = ag.compile(graph, name, weights=weights)
-            run(inputs)  # first call: JIT, session, warm caches
-            samples = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run(inputs)
-                samples.append(time.perf_counter() - t0)
-            times[name] = float(np.median(samples) * 1e3)
-        except Exception as e:  # noqa: BLE001 - a backend that fails here is simply not a candidate
-            warnings.warn(f"autotune: {name} failed on this graph ({type(e).__name__}: {e}); skipping it",
-                          stacklevel=2)
+    with tempfile.TemporaryDirectory(prefix="attngraph-tune-") as tmp:
+        folder = Path(tmp)
+        save_graph(graph, folder / "graph.json")
+        Weights(dict(weights or {})).save(folder / "weights.npz")
+        spec = {"sizes": {"past_len": 0, **sizes}, "repeats": repeats, "seed": seed}
+        (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+        for name in names:  # in ranked order, so a clear loser stops after one timed call
+            if times:
+                spec["cutoff_ms"] = 3 * min(times.values())
+                (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+            try:
+                proc = subprocess.run([sys.executable, "-m", "attngraph.selection.tune_worker", tmp, name],
+                                      capture_output=True, text=True, timeout=timeout_s, check=False)
+            except subprocess.TimeoutExpired:
+                warnings.warn(f"autotune: {name} ran past {timeout_s:.0f} s; skipping it", stacklevel=2)
+                continue
+            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith(TAG)), None)
+            if proc.returncode != 0 or line is None:
+                why = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                warnings.warn(f"autotune: {name} failed on this graph ({why}); skipping it", stacklevel=2)
+                continue
+            times[name] = json.loads(line[len(TAG):])["ms"]
     return times
 
 

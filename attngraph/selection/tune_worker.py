@@ -1,0 +1,43 @@
+"""``python -m attngraph.selection.tune_worker DIR BACKEND``: time one backend in a fresh process.
+
+Autotune measures each backend in its own process: a runtime loaded earlier in the same process
+(OpenBLAS threads spinning after a NumPy call, torch's or onnxruntime's pools) slows the next one
+by up to 1.6x on a 2-core machine, which would make the measurement, not the backend, decide.
+DIR holds ``graph.json``, ``weights.npz`` and ``spec.json`` (sizes, repeats, seed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+TAG = "ATTNGRAPH_TUNE "
+
+
+def main(folder: str, backend: str) -> None:
+    import numpy as np
+
+    import attngraph as ag
+    from attngraph.random_inputs import random_inputs
+
+    d = Path(folder)
+    spec = json.loads((d / "spec.json").read_text(encoding="utf-8"))
+    graph = ag.load_graph(d / "graph.json")
+    weights = ag.Weights.load(d / "weights.npz")
+    inputs = random_inputs(graph, spec["sizes"], seed=spec["seed"])
+    run = ag.compile(graph, backend, weights=weights)
+    run(inputs)  # first call: JIT, session, warm caches
+    samples = []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        run(inputs)
+        samples.append(time.perf_counter() - t0)
+        if samples[-1] * 1e3 > spec.get("cutoff_ms", float("inf")):
+            break  # already far slower than the best so far: one sample says enough
+    print(TAG + json.dumps({"ms": float(np.median(samples) * 1e3)}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
