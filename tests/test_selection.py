@@ -31,7 +31,7 @@ def test_cpu_rules_follow_the_problem():
     assert causal.rule == "cpu" and causal.choice == "torch"
     assert full.rule == "cpu-full" and full.choice == "onnx"
     short = select_backend(ag.causal_self_attention(512, 8), sizes={"batch": 1, "q_len": 128}, hardware=CPU)
-    assert short.rule == "cpu-short" and short.choice == "onnx"
+    assert short.rule == "cpu" and short.choice == "torch"  # causal T128: torch measured 10-40% ahead
     long_full = select_backend(ag.self_attention(512, 8), sizes={"batch": 1, "q_len": 4096}, hardware=CPU)
     assert long_full.rule == "cpu" and long_full.order[:2] == ["torch", "numba"]
 

@@ -38,8 +38,6 @@ class Problem:
 RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], str]] = [
     ("cuda", lambda hw, p: bool(hw.cuda) and "torch" in hw.backends, ("torch", "onnx", "numba", "numpy"),
      "a CUDA GPU is present: torch runs SDPA's fused flash / memory-efficient kernels on it"),
-    ("cpu-short", lambda hw, p: p.kv_len <= 256, ("onnx", "torch", "numba", "numpy"),
-     "CPU, kv_len <= 256: per-call overhead dominates and onnxruntime's graph has the least"),
     ("cpu-full", lambda hw, p: not p.causal and p.kv_len <= 2048, ("onnx", "torch", "numba", "numpy"),
      "CPU, no causal mask, kv_len <= 2048: onnxruntime's fused graph measured fastest or within a few %"),
     ("cpu", lambda hw, p: True, ("torch", "numba", "onnx", "numpy"),
