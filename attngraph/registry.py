@@ -51,6 +51,14 @@ def register_backend(name: str, backend: Any) -> None:
     _registered[name] = backend
 
 
+def unregister_backend(name: str) -> None:
+    """Forget a backend registered with ``register_backend`` (tests and notebooks)."""
+    if name not in _registered:
+        raise KeyError(f"no backend {name!r} was registered with register_backend")
+    del _registered[name]
+    _loaded.pop(name, None)
+
+
 def _load(name: str) -> Any:
     if name in _registered:
         b = _registered[name]

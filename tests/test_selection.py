@@ -127,10 +127,18 @@ class _BrokenFirstCall(ag.get_backend("numpy").__class__):
         return ex
 
 
-def test_fallback_when_the_chosen_backend_fails(monkeypatch):
+@pytest.fixture
+def broken_backends():
+    from attngraph.registry import unregister_backend
+
     for cls in (_BrokenCompile, _BrokenFirstCall):
-        if cls.name not in ag.available_backends():
-            ag.register_backend(cls.name, cls)
+        ag.register_backend(cls.name, cls)
+    yield
+    for cls in (_BrokenCompile, _BrokenFirstCall):
+        unregister_backend(cls.name)
+
+
+def test_fallback_when_the_chosen_backend_fails(monkeypatch, broken_backends):
     import attngraph.selection as selection
 
     real = selection.select_backend
