@@ -14,8 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import attngraph as ag
-from attngraph.dtypes import to_numpy
-from attngraph.ir import DType, Graph
+from attngraph.ir import Graph
 from attngraph.random_inputs import random_inputs
 
 
@@ -198,6 +197,3 @@ def all_cases(include_onnx: bool = True) -> list[Case]:
         raise ValueError(f"duplicate case names: {sorted(dupes)}")
     return out
 
-
-def half_dtype(dtype: str) -> np.dtype:
-    return to_numpy(DType(dtype))
