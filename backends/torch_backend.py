@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from attngraph import dims
 from attngraph.dtypes import to_numpy
 from attngraph.ir import DType, Graph, Op
 from attngraph.lowering import Backend, Executable, NodeCtx, Rules
+from backends import numpy_backend
 from backends import torch_kernels as K
 
 rules = Rules("torch")
@@ -45,11 +45,9 @@ def _out(ctx: NodeCtx, x: torch.Tensor, index: int = 0) -> torch.Tensor:
 
 
 def _mask_kwargs(ctx: NodeCtx, operands: dict, q_len: int) -> dict:
-    offset = dims.evaluate(ctx.attr("offset"), ctx.dims)
-    if ctx.attr("align") == "lengths":  # queries are the last q_len valid keys of each batch row
-        offset = operands["lengths"].cpu().numpy().astype(np.int64) - q_len
-    return {"causal": bool(ctx.attr("causal")), "offset": offset,
-            "window_left": int(ctx.attr("window_left")), "window_right": int(ctx.attr("window_right"))}
+    """The NumPy backend's mask arguments; per-row offsets need the key lengths on the host."""
+    host = {"lengths": operands["lengths"].cpu().numpy()} if "lengths" in operands else {}
+    return numpy_backend.mask_kwargs(ctx, host, q_len)
 
 
 @rules.register(Op.LINEAR)
