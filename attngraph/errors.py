@@ -33,3 +33,17 @@ class BackendUnavailable(AttnGraphError, ImportError):
 
 class LoweringError(AttnGraphError, RuntimeError):
     """A backend cannot lower or run a node; names the op, the backend and the node's text line."""
+
+
+class Unsupported(AttnGraphError):
+    """Something a backend, an export style or an importer refuses on purpose, because it cannot
+    compute it exactly; the message names what and what to use instead. The conformance runner
+    reports these as skipped, every other error as failed."""
+
+
+class UnsupportedLowering(Unsupported, LoweringError):
+    """A backend or export style refuses a graph it cannot lower exactly (names what, and the alternative)."""
+
+
+class UnsupportedModel(Unsupported, SerializationError):
+    """A model file an importer cannot express as an attngraph graph (names the node or attribute)."""

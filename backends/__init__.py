@@ -1,2 +1,2 @@
 """attngraph's built-in backends; each module imports its framework at the top, so load them lazily
-through ``attngraph.registry.get_backend``."""
+through ``attngraph.lowering.registry.get_backend``."""

@@ -172,7 +172,7 @@ PEERS = [
 
 def attngraph_impls() -> list[Impl]:
     """One Impl per built-in attngraph backend; each backend says whether causal skips work."""
-    from attngraph.registry import BUILTIN
+    from attngraph.lowering.registry import BUILTIN
 
     out = []
     for name in sorted(BUILTIN):

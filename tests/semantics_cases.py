@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 
 import attngraph as ag
-from attngraph import dims
+from attngraph.ir import dims
+from attngraph.frontends.constructors import SCORE_STAGES
 import oracle
 from conftest import assert_close, rand
 
@@ -86,7 +87,7 @@ def check_core(backend, mode: str, *, dtype="float32", batch=2, heads=4, kv_head
     assert out["y"].dtype == np.dtype(inputs["q"].dtype), f"y dtype {out['y'].dtype} != {inputs['q'].dtype}"
     assert_close(out["y"], y, dtype, "y")
     for s in wanted:
-        assert_close(out[ag.mha.SCORE_STAGES[s]], ref_stages[s], dtype, s)
+        assert_close(out[SCORE_STAGES[s]], ref_stages[s], dtype, s)
     if past_len:
         assert np.array_equal(out["present_key"], k_all) and np.array_equal(out["present_value"], v_all)
     return out, y

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-import attngraph as ag
+from attngraph.frontends.constructors import causal_self_attention, core_attention, cross_attention, self_attention
 from attngraph.ir import Graph
-from attngraph.random_inputs import random_inputs
+from attngraph.lowering.weights import Weights
+from attngraph.testing.random_inputs import random_inputs
 
 
 @dataclass(frozen=True)
@@ -40,12 +41,12 @@ def _graph_case(name: str, pins: str, make: Callable[[], Graph], sizes: dict | N
         inputs = random_inputs(g, {**SIZES, **(sizes or {})}, seed=seed)
         if edit:
             edit(inputs)
-        return g, dict(ag.Weights.random(g, seed=seed)), inputs
+        return g, dict(Weights.random(g, seed=seed)), inputs
     return Case(name, pins, build, dtype, quick)
 
 
 def _core(name, pins, *, sizes=None, edit=None, dtype="float32", quick=True, heads=4, head_dim=8, **knobs):
-    return _graph_case(name, pins, lambda: ag.core_attention(heads, head_dim, dtype=dtype, **knobs), sizes, edit,
+    return _graph_case(name, pins, lambda: core_attention(heads, head_dim, dtype=dtype, **knobs), sizes, edit,
                        dtype=dtype, quick=quick)
 
 
@@ -102,11 +103,11 @@ def named_cases() -> list[Case]:
         _core("large_negative_fill_is_a_number", "a finite -1e9 fill is a bias, not a mask: the row is uniform",
               mask="additive", edit=_fill_row_with(-1e9), return_weights=True),
         _graph_case("decode_one_token_kv_cache", "one-token decode with a cache sees every past key (offset = past)",
-                    lambda: ag.causal_self_attention(16, 4, kv_cache=True), {"q_len": 1, "past_len": 6}),
+                    lambda: causal_self_attention(16, 4, kv_cache=True), {"q_len": 1, "past_len": 6}),
         _core("decode_one_token_no_cache", "one query, causal, no cache: top-left, so it sees key 0 only",
               causal=True, sizes={"q_len": 1}),
         _graph_case("kv_cache_prefill", "present = concat(past, new); causal offset = past length",
-                    lambda: ag.causal_self_attention(16, 4, kv_cache=True, num_kv_heads=2), {"q_len": 4}),
+                    lambda: causal_self_attention(16, 4, kv_cache=True, num_kv_heads=2), {"q_len": 4}),
         _core("fp16_scores_overflow_unless_scaled", "float16: Q.K up to 1e5 overflows unless scaled first / in f32",
               dtype="float16", head_dim=64, edit=_scale_qk(40.0)),
         _core("softcap_next_to_neg_inf", "softcap before the mask: -inf stays masked (tanh(-inf) = -1 is a trap)",
@@ -115,7 +116,7 @@ def named_cases() -> list[Case]:
         _core("gqa", "GQA: q head h reads kv head h // (Hq/Hkv)", num_kv_heads=2),
         _core("mqa", "MQA: one kv head for all q heads", num_kv_heads=1),
         _graph_case("cross_kdim_vdim", "cross attention with key and value widths != d_model",
-                    lambda: ag.cross_attention(16, 4, kdim=12, vdim=20, mask="bool")),
+                    lambda: cross_attention(16, 4, kdim=12, vdim=20, mask="bool")),
         _core("value_head_dim", "value head dim may differ from the Q/K head dim; scale uses Q/K's",
               v_head_dim=5),
         _core("scale_override", "an explicit scale replaces 1/sqrt(head_dim)", scale=0.37),
@@ -129,9 +130,9 @@ def named_cases() -> list[Case]:
               window=(2, 1), causal=False),
         _core("causal_window", "causal plus a left window (local attention)", window=(2, 0), causal=True),
         _graph_case("self_attention_projections", "head split is head-major; Q/K/V/O projections with bias",
-                    lambda: ag.self_attention(16, 4, return_weights=True)),
+                    lambda: self_attention(16, 4, return_weights=True)),
         _graph_case("score_stages", "every score stage (scaled, softcapped, masked, weights) as an output",
-                    lambda: ag.core_attention(4, 8, softcap=3.0, mask="bool",
+                    lambda: core_attention(4, 8, softcap=3.0, mask="bool",
                                               score_outputs=("scaled", "softcapped", "masked", "weights"))),
     ]
     for short, shape in MASK_SHAPES.items():
@@ -152,7 +153,7 @@ def edge_cases() -> list[Case]:
                        edit=_set("key_lengths", slice(None), np.array([128, 64, 1])), quick=False))
     for dtype in ("float64", "float16", "bfloat16"):
         cases.append(_graph_case(f"causal_mha_{dtype}", f"causal MHA with GQA stored in {dtype}",
-                                 lambda dtype=dtype: ag.causal_self_attention(16, 4, num_kv_heads=2, dtype=dtype),
+                                 lambda dtype=dtype: causal_self_attention(16, 4, num_kv_heads=2, dtype=dtype),
                                  dtype=dtype, quick=dtype == "float64"))
         cases.append(_core(f"masked_core_{dtype}", f"bool mask and fully masked row in {dtype}", dtype=dtype,
                            mask="bool", edit=_all_masks_rows("bool"), quick=False))
@@ -176,8 +177,8 @@ def random_cases(count: int = 16, seed: int = 1234) -> list[Case]:
         sizes = {"batch": int(rng.integers(1, 3)), "q_len": int(rng.integers(1, 6)),
                  "kv_len": int(rng.integers(1, 6)), "past_len": int(rng.integers(0, 4))}
         kind = ["self", "cross"][rng.integers(2)]
-        make = (lambda k=knobs, h=heads, d=head_dim: ag.self_attention(h * d, h, **k)) if kind == "self" else \
-            (lambda k=knobs, h=heads, d=head_dim: ag.cross_attention(h * d, h, **k))
+        make = (lambda k=knobs, h=heads, d=head_dim: self_attention(h * d, h, **k)) if kind == "self" else \
+            (lambda k=knobs, h=heads, d=head_dim: cross_attention(h * d, h, **k))
         shown = ", ".join(f"{k}={v}" for k, v in knobs.items() if v not in (None, False))
         cases.append(_graph_case(f"random_{i:02d}", f"random {kind} attention: heads={heads}, {shown}", make,
                                  sizes, seed=i, dtype=knobs["dtype"], quick=False))

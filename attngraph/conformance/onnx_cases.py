@@ -24,9 +24,9 @@ def onnx_node_cases() -> list[Case]:
             continue
 
         def build(t=t):
-            import attngraph as ag
+            from attngraph.frontends.onnx_import import from_onnx
 
-            graph = ag.from_onnx(t.model)
+            graph = from_onnx(t.model)
             inputs, _expected = t.data_sets[0]
             return graph, {}, {vi.name: arr for vi, arr in zip(t.model.graph.input, inputs, strict=True)}
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from attngraph import dims
+from attngraph.ir import dims
 from attngraph.ir import Graph, Node, Op
 
 

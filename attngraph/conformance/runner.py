@@ -10,7 +10,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-import attngraph as ag
+from attngraph.errors import AttnGraphError, Unsupported
+from attngraph.lowering.compile import compile as compile_graph
+from attngraph.lowering.registry import available_backends, get_backend
+from attngraph.passes import run_pipeline
 from attngraph.conformance.budgets import BUDGETS, budget_for, compare, known_deviation
 from attngraph.conformance.cases import Case
 from attngraph.conformance.reference import evaluate
@@ -60,9 +63,9 @@ def targets_for(backends: Iterable[str], pipelines: Sequence[str] = ("O1",),
 def installed_backends() -> list[str]:
     """Backends that load here (numpy always)."""
     found = []
-    for name in ag.available_backends():
+    for name in available_backends():
         try:
-            ag.get_backend(name)
+            get_backend(name)
         except BackendUnavailable:
             continue
         except Exception:  # noqa: BLE001 - a broken backend is reported by `attngraph info`, not here
@@ -83,7 +86,7 @@ def run_case(case: Case, targets: Sequence[Target], budgets: dict | None = None)
     budgets = budgets or BUDGETS
     try:
         graph, weights, inputs = case.build()
-    except ag.AttnGraphError as e:
+    except AttnGraphError as e:
         why = known_deviation(case.name, "*") or f"cannot build: {str(e).splitlines()[0]}"
         status = "skipped" if known_deviation(case.name, "*") else "failed"
         return [Result(case.name, t.label, status, None, why, dtype=case.dtype, pins=case.pins) for t in targets]
@@ -96,13 +99,11 @@ def run_case(case: Case, targets: Sequence[Target], budgets: dict | None = None)
             out.append(Result(case.name, t.label, "skipped", None, why, dtype=case.dtype, pins=case.pins))
             continue
         try:
-            g = ag.run_pipeline(graph, t.pipeline)
-            got = ag.compile(g, t.backend, weights=weights, **t.options)(inputs)
-        except ag.AttnGraphError as e:
-            msg = str(e).splitlines()[0]
-            refused = "refuse" in msg.lower() or "not exact" in msg.lower() or "cannot express" in msg.lower()
-            out.append(Result(case.name, t.label, "skipped" if refused else "failed", None, msg,
-                              time.perf_counter() - start, case.dtype, case.pins))
+            g = run_pipeline(graph, t.pipeline)
+            got = compile_graph(g, t.backend, weights=weights, **t.options)(inputs)
+        except AttnGraphError as e:  # a refusal by design (Unsupported) is skipped; any other error fails
+            out.append(Result(case.name, t.label, "skipped" if isinstance(e, Unsupported) else "failed", None,
+                              str(e).splitlines()[0], time.perf_counter() - start, case.dtype, case.pins))
             continue
         except Exception as e:  # noqa: BLE001 - a backend crash is a failed cell, with its message
             out.append(Result(case.name, t.label, "failed", None, f"{type(e).__name__}: {str(e).splitlines()[0]}",

@@ -1,62 +1,46 @@
-"""``decompose``: expand ops a backend has no rule for, by the table ``DECOMPOSITIONS``.
-
-The only composite op is ``attention``; its expansion is the exact inverse of ``fuse_attention``:
-
-    attention(q, k, v, *m) ==> matmul {transpose_b} -> scale -> [softcap] -> [mask] -> softmax -> weighted_sum
+"""``decompose``: expand every op a backend has no rule for, by the default decompositions, until
+only ops it has rules for remain (JAX's ``lower_fun``). ``covered_ops`` says which ops that reaches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-from attngraph import ops
-from attngraph.ir import Graph, Node, Op, Value
-from attngraph.passes.util import fresh_name, taken_names
-
-
-def _attention(node: Node, taken: set[str]) -> list[Node]:
-    a = node.attr_dict
-    q, k, v = node.inputs[:3]
-    out: list[Node] = []
-
-    def emit(op: Op, inputs, hint: str, **attrs) -> Value:
-        full = ops.complete_attrs(op, attrs)
-        (t,) = ops.infer_types(op, [x.type for x in inputs], dict(full))
-        value = Value(fresh_name(taken, hint), t)
-        out.append(Node(op, tuple(inputs), (value,), full))
-        return value
-
-    s = emit(Op.MATMUL, (q, k), "scores", transpose_b=True)
-    s = emit(Op.SCALE, (s,), "qk_scaled", value=float(a["scale"]))
-    if float(a["softcap"]) > 0:
-        s = emit(Op.SOFTCAP, (s,), "qk_softcapped", cap=float(a["softcap"]))
-    mask_attrs = {name: a[name] for name in ops.MASK_ATTRS}
-    if a["operands"] or a["causal"] or a["window_left"] >= 0 or a["window_right"] >= 0:
-        s = emit(Op.MASK, (s, *node.inputs[3:]), "qk_masked", **mask_attrs)
-    if a["return_weights"]:
-        probs = node.outputs[1]
-        out.append(Node(Op.SOFTMAX, (s,), (probs,), ()))
-    else:
-        probs = emit(Op.SOFTMAX, (s,), "attn_weights")
-    out.append(Node(Op.WEIGHTED_SUM, (probs, v), (node.outputs[0],), ()))
-    return out
+from attngraph.errors import GraphError
+from attngraph.ir import Graph, Node, Op
+from attngraph.passes.decompositions import DECOMPOSITIONS, USES
+from attngraph.passes.rewrite import Emitter, Rewrite, rewrite, taken_names
 
 
-DECOMPOSITIONS: dict[Op, Callable[[Node, set[str]], list[Node]]] = {Op.ATTENTION: _attention}
+def covered_ops(keep: frozenset[Op]) -> frozenset[Op]:
+    """Ops runnable with rules for ``keep``: those in it, and those that decompose into covered ops."""
+    covered = set(keep)
+    changed = True
+    while changed:
+        changed = False
+        for op, uses in USES.items():
+            if op not in covered and uses <= covered:
+                covered.add(op)
+                changed = True
+    return frozenset(covered)
 
 
-def decompose(graph: Graph, keep: set[Op] | frozenset[Op] = frozenset()) -> Graph:
-    """Expand every node whose op is not in ``keep`` and has a decomposition; same object if none."""
-    if all(n.op in keep or n.op not in DECOMPOSITIONS for n in graph.nodes):
-        return graph
-    taken = taken_names(graph)
-    nodes: list[Node] = []
-    for node in graph.nodes:
-        if node.op in keep or node.op not in DECOMPOSITIONS:
-            nodes.append(node)
-        else:
-            nodes.extend(DECOMPOSITIONS[node.op](node, taken))
-    return graph.replace(nodes=tuple(nodes))
+def decompose(graph: Graph, keep: frozenset[Op] | set[Op] = frozenset()) -> Graph:
+    """Expand every node whose op is not in ``keep`` and has a decomposition, repeatedly; the same
+    graph object back when there is nothing to expand."""
+    keep = frozenset(keep)
+    for _ in range(16):  # decompositions nest a few levels deep (attention -> mask -> primitives)
+        if all(n.op in keep or n.op not in DECOMPOSITIONS for n in graph.nodes):
+            return graph
+        taken = taken_names(graph)
+
+        def expand(node: Node, index) -> Rewrite | None:
+            if node.op in keep or node.op not in DECOMPOSITIONS:
+                return None
+            em = Emitter(taken)
+            DECOMPOSITIONS[node.op](node, em)
+            return Rewrite(remove=[node], add=em.nodes)
+
+        graph = rewrite(graph, expand)
+    raise GraphError("decompose did not reach ops with rules after 16 rounds: a decomposition cycle?")
 
 
 def decompose_attention(graph: Graph) -> Graph:

@@ -10,58 +10,40 @@ Like onnxscript's SDPA fusion, a chain that does not match exactly is left alone
 
 from __future__ import annotations
 
-from attngraph import ops
 from attngraph.ir import Graph, Node, Op
-from attngraph.passes.util import producer_of, single_user
+from attngraph.ir import specs
+from attngraph.passes.rewrite import Emitter, GraphIndex, Rewrite, Step, rewrite, taken_names
+
+CHAIN = (Step(Op.SOFTMAX), Step(Op.MASK, optional=True), Step(Op.SOFTCAP, optional=True),
+         Step(Op.SCALE, optional=True), Step(Op.MATMUL))
 
 
-def _match(node: Node, producers, users, outputs) -> tuple[Node, list[Node]] | None:
+def _fuse(node: Node, index: GraphIndex, taken: set[str]) -> Rewrite | None:
+    if node.op is not Op.WEIGHTED_SUM:
+        return None
     probs, v = node.inputs
-    soft = producer_of(producers, probs, Op.SOFTMAX)
-    if soft is None or len(users.get(probs, [])) != 1:
+    soft = index.producer(probs, Op.SOFTMAX)
+    if soft is None or len(index.users.get(probs, [])) != 1:
         return None
-    chain, value = [soft], soft.inputs[0]
-    found: dict[Op, Node] = {}
-    for op in (Op.MASK, Op.SOFTCAP, Op.SCALE, Op.MATMUL):
-        prev = producer_of(producers, value, op)
-        if prev is None:
-            if op is Op.MATMUL:
-                return None
-            continue
-        if not single_user(users, outputs, value):
-            return None
-        found[op] = prev
-        chain.append(prev)
-        value = prev.inputs[0]
-    mm = found[Op.MATMUL]
-    if not mm.attr("transpose_b"):
+    m = index.match_chain(soft, CHAIN)
+    if m is None or not m.by_op[Op.MATMUL].attr("transpose_b"):
         return None
-    q, k = mm.inputs
-    mask = found.get(Op.MASK)
+    q, k = m.by_op[Op.MATMUL].inputs
+    scale, softcap, mask = m.get(Op.SCALE), m.get(Op.SOFTCAP), m.get(Op.MASK)
+    weights = probs in index.outputs
     attrs = {
-        "scale": float(found[Op.SCALE].attr("value")) if Op.SCALE in found else 1.0,
-        "softcap": float(found[Op.SOFTCAP].attr("cap")) if Op.SOFTCAP in found else 0.0,
-        "return_weights": probs in outputs,
-        **({k_: mask.attr(k_) for k_ in ops.MASK_ATTRS} if mask else {}),
+        "scale": float(scale.attr("value")) if scale else 1.0,
+        "softcap": float(softcap.attr("cap")) if softcap else 0.0,
+        "return_weights": weights,
+        **({name: mask.attr(name) for name in specs.MASK_ATTRS} if mask else {}),
     }
-    operands = mask.inputs[1:] if mask else ()
-    outs = (node.output, probs) if attrs["return_weights"] else (node.output,)
-    fused = Node(Op.ATTENTION, (q, k, v, *operands), outs, ops.complete_attrs(Op.ATTENTION, attrs))
-    return fused, chain
+    em = Emitter(taken)
+    em.node(Op.ATTENTION, (q, k, v, *(mask.inputs[1:] if mask else ())),
+            (node.output, probs) if weights else (node.output,), **attrs)
+    return Rewrite(remove=[node, *m.nodes], add=em.nodes)
 
 
 def fuse_attention(graph: Graph) -> Graph:
     """Fuse every matching core chain; same object back when none matches."""
-    producers, users, outputs = graph.producers(), graph.users(), set(graph.outputs)
-    replace: dict[int, Node] = {}
-    remove: set[int] = set()
-    for node in graph.nodes:
-        if node.op is Op.WEIGHTED_SUM:
-            hit = _match(node, producers, users, outputs)
-            if hit is not None:
-                replace[id(node)] = hit[0]
-                remove.update(id(n) for n in hit[1])
-    if not replace:
-        return graph
-    nodes = tuple(replace.get(id(n), n) for n in graph.nodes if id(n) not in remove)
-    return graph.replace(nodes=nodes)
+    taken = taken_names(graph)
+    return rewrite(graph, lambda node, index: _fuse(node, index, taken))

@@ -33,7 +33,7 @@ def _bucket(n: int) -> int:
 
 
 def cache_key(fingerprint: str, graph: Graph, sizes: Mapping[str, int]) -> str:
-    from attngraph.serialize import to_json
+    from attngraph.ir.serialize import to_json
 
     signature = hashlib.sha256(to_json(graph).encode()).hexdigest()[:16]
     dtype = graph.inputs[0].type.dtype.value if graph.inputs else "?"
@@ -78,8 +78,8 @@ def time_backends(graph: Graph, weights, sizes: Mapping[str, int], names: list[s
     measurement. A backend that fails or times out is left out, with a warning."""
     import tempfile
 
-    from attngraph.serialize import save_graph
-    from attngraph.weights import Weights
+    from attngraph.ir.serialize import save_graph
+    from attngraph.lowering.weights import Weights
 
     times: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="attngraph-tune-") as tmp:

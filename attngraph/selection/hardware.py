@@ -44,7 +44,7 @@ def detect_hardware() -> Hardware:
     """Probe once per process. Importing torch/onnxruntime is what finding their devices costs."""
     import os
 
-    from attngraph.registry import available_backends, backend_status
+    from attngraph.lowering.registry import available_backends, backend_status
     from attngraph.sysinfo import _cpu_flags, _cpu_name, memory_bytes
 
     backends, unavailable = [], {}
@@ -70,3 +70,24 @@ def detect_hardware() -> Hardware:
     mem = memory_bytes()
     return Hardware(_cpu_name(), os.cpu_count() or 1, tuple(_cpu_flags()), mem / 2**30 if mem else 8.0, cuda,
                     providers, tuple(backends), unavailable)
+
+
+def current_hardware() -> Hardware:
+    """``detect_hardware()`` with the backend list brought up to date: a plug-in registered after the
+    first probe is seen too (each backend is loaded once; the registry keeps it)."""
+    from dataclasses import replace
+
+    from attngraph.lowering.registry import available_backends, backend_status
+
+    hw = detect_hardware()
+    names = available_backends()
+    if set(names) == set(hw.backends) | set(hw.unavailable):
+        return hw
+    backends, unavailable = list(hw.backends), dict(hw.unavailable)
+    for name in names:
+        if name not in backends and name not in unavailable:
+            ok, why = backend_status(name)
+            (backends.append(name) if ok else unavailable.__setitem__(name, why))
+    gone = set(backends) - set(names)  # an unregistered plug-in
+    return replace(hw, backends=tuple(b for b in backends if b not in gone),
+                   unavailable={k: v for k, v in unavailable.items() if k in names})

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from attngraph.ir import Graph, Op
-from attngraph.selection.capabilities import CAPABILITIES, graph_features
-from attngraph.selection.hardware import Hardware, detect_hardware
+from attngraph.selection.capabilities import Capabilities, capabilities_of, graph_features
+from attngraph.selection.hardware import Hardware, current_hardware
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,6 @@ RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], s
      "CPU, causal or long: torch SDPA's flash kernel skips the causal half in O(T) memory; Numba's "
      "streaming kernel next; onnxruntime holds every score"),
 ]
-
-# Memory: working set beyond the inputs and weights, per backend (bytes), from how each computes.
-MEMORY: dict[str, Callable[[Problem], int]] = {
-    "numpy": lambda p: min(64 << 20, 3 * p.scores_bytes),            # query chunks of <= 64 MiB of scores
-    "numba": lambda p: p.batch * p.heads * p.kv_len * p.head_dim * 4,  # one packed copy of K; O(T)
-    "torch": lambda p: p.batch * p.q_len * p.kv_len if p.dense_mask else 0,  # SDPA; a dense bool mask at most
-    "onnx": lambda p: 3 * p.scores_bytes,                            # scores, masked scores, probabilities
-}
-
 
 @dataclass(frozen=True)
 class Candidate:
@@ -94,7 +85,7 @@ class Selection:
 
 def problem_of(graph: Graph, sizes: Mapping[str, int] | None = None) -> Problem:
     """Sizes from ``sizes`` (batch, q_len, kv_len, past_len) with defaults batch 1, q_len 512."""
-    from attngraph import dims
+    from attngraph.ir import dims
     from attngraph.passes import fuse_attention
 
     sizes = {"batch": 1, "q_len": 512, **(sizes or {})}
@@ -118,18 +109,35 @@ def problem_of(graph: Graph, sizes: Mapping[str, int] | None = None) -> Problem:
                    bool(a["causal"]), 8 if q.dtype.value == "float64" else 4, dense)
 
 
+def backend_classes(names) -> dict[str, type]:
+    """The loaded backend classes by name (names that do not load are left out)."""
+    from attngraph.lowering.registry import get_backend
+
+    classes = {}
+    for name in names:
+        try:
+            classes[name] = type(get_backend(name))
+        except Exception:  # noqa: BLE001 - a backend that does not load is reported by detect_hardware
+            continue
+    return classes
+
+
 def select_backend(graph: Graph, *, sizes: Mapping[str, int] | None = None, hardware: Hardware | None = None,
-                   capabilities: Mapping | None = None) -> Selection:
-    """Rank the backends for ``graph`` at ``sizes`` on ``hardware`` (this machine by default)."""
-    hw = hardware or detect_hardware()
-    caps = capabilities or CAPABILITIES
+                   capabilities: Mapping[str, Capabilities] | None = None) -> Selection:
+    """Rank the backends for ``graph`` at ``sizes`` on ``hardware`` (this machine by default).
+
+    Every backend that loads is considered, plug-ins too: each describes itself (capabilities from
+    its rules, devices, working set); ``RANKING`` orders the built-ins and plug-ins follow them."""
+    hw = hardware or current_hardware()
+    classes = backend_classes(hw.backends)
+    caps = dict(capabilities) if capabilities is not None else {n: capabilities_of(c) for n, c in classes.items()}
     problem = problem_of(graph, sizes)
     need = graph_features(graph)
     rule, order, why = next((name, order, why) for name, cond, order, why in RANKING if cond(hw, problem))
     on_gpu = bool(hw.cuda)
     budget_cpu = hw.memory_gib * 2**30 * 0.7
     ranked, rejected = [], []
-    for name in list(order) + sorted(set(caps) - set(order)):
+    for name in list(order) + sorted((set(caps) | set(hw.backends)) - set(order)):
         if name not in hw.backends:
             rejected.append((name, hw.unavailable.get(name, "not installed")))
             continue
@@ -138,17 +146,19 @@ def select_backend(graph: Graph, *, sizes: Mapping[str, int] | None = None, hard
             rejected.append((name, "declares no capabilities"))
             continue
         missing = cap.missing(need)
-        if missing:
-            rejected.append((name, f"cannot express {', '.join(missing)} exactly"))
+        refusal = classes[name].supports(graph) if name in classes else None
+        if missing or refusal:
+            rejected.append((name, f"cannot express {', '.join(missing)} exactly" if missing else refusal))
             continue
-        mem = MEMORY.get(name, lambda p: 3 * p.scores_bytes)(problem)
+        mem = classes[name].working_set(problem) if name in classes else 3 * problem.scores_bytes
         limit = min(d.memory_gib for d in hw.cuda) * 2**30 * 0.8 if on_gpu and "cuda" in cap.devices else budget_cpu
         if mem > limit:
             rejected.append((name, f"needs ~{mem / 2**30:.1f} GiB of working memory, more than the "
                                    f"{limit / 2**30:.1f} GiB available"))
             continue
         device = "cuda" if on_gpu and "cuda" in cap.devices else "cpu"
-        ranked.append(Candidate(name, f"{why}" if not ranked else f"on {device}; {cap.note}", mem))
+        note = cap.note or ("a plug-in backend" if name not in order else "")
+        ranked.append(Candidate(name, f"{why}" if not ranked else f"on {device}; {note}", mem))
     if not ranked:
         raise RuntimeError("no backend can run this graph here: " + "; ".join(f"{n}: {w}" for n, w in rejected))
     return Selection(ranked[0].name, ranked, rejected, rule, hw, problem)

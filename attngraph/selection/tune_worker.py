@@ -19,15 +19,17 @@ TAG = "ATTNGRAPH_TUNE "
 def main(folder: str, backend: str) -> None:
     import numpy as np
 
-    import attngraph as ag
-    from attngraph.random_inputs import random_inputs
+    from attngraph.ir.serialize import load_graph
+    from attngraph.lowering.compile import compile as compile_graph
+    from attngraph.lowering.weights import Weights
+    from attngraph.testing.random_inputs import random_inputs
 
     d = Path(folder)
     spec = json.loads((d / "spec.json").read_text(encoding="utf-8"))
-    graph = ag.load_graph(d / "graph.json")
-    weights = ag.Weights.load(d / "weights.npz")
+    graph = load_graph(d / "graph.json")
+    weights = Weights.load(d / "weights.npz")
     inputs = random_inputs(graph, spec["sizes"], seed=spec["seed"])
-    run = ag.compile(graph, backend, weights=weights)
+    run = compile_graph(graph, backend, weights=weights)
     run(inputs)  # first call: JIT, session, warm caches
     t0 = time.perf_counter()
     run(inputs)

@@ -1,0 +1,87 @@
+"""``Weights``: the named arrays bound to a graph's params, with a seeded initializer and checks."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+
+from attngraph.ir.dtypes import to_numpy
+from attngraph.errors import WeightError
+from attngraph.ir import Graph
+
+
+class Weights(Mapping[str, np.ndarray]):
+    """A read-only mapping from param name to array.
+
+    ``Weights.random(graph, seed=0)`` makes reproducible weights; ``weights.check(graph)``
+    raises ``WeightError`` naming any missing, unexpected or mis-shaped weight.
+    """
+
+    def __init__(self, arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        self._arrays = {str(k): np.asarray(v) for k, v in (arrays or {}).items()}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"no weight named {name!r}; have: {sorted(self._arrays)}") from None
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._arrays)
+
+    def __len__(self) -> int:
+        return len(self._arrays)
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}: {v.dtype}{list(v.shape)}" for k, v in self._arrays.items())
+        return f"Weights({parts})"
+
+    @classmethod
+    def random(cls, graph: Graph, seed: int = 0) -> Weights:
+        """Uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)) weights (torch's Linear init), biases included."""
+        rng = np.random.default_rng(seed)
+        arrays = {}
+        for p in graph.params:
+            shape = tuple(int(d) for d in p.type.shape)
+            fan_in = shape[0] if len(shape) == 2 else max(shape[0], 1)
+            bound = 1.0 / math.sqrt(fan_in)
+            arrays[p.name] = rng.uniform(-bound, bound, size=shape).astype(to_numpy(p.type.dtype))
+        return cls(arrays)
+
+    def check(self, graph: Graph) -> Weights:
+        """Raise ``WeightError`` unless every param has an array of its exact shape and dtype."""
+        wanted = {p.name: p for p in graph.params}
+        missing = [n for n in wanted if n not in self._arrays]
+        if missing:
+            raise WeightError(f"graph {graph.name} needs weight(s) {missing} that were not given; "
+                              f"have {sorted(self._arrays)}. Use Weights.random(graph) for test weights")
+        extra = sorted(set(self._arrays) - set(wanted))
+        if extra:
+            raise WeightError(f"weight(s) {extra} are not params of graph {graph.name}; "
+                              f"its params are {list(wanted)}")
+        for name, p in wanted.items():
+            arr, want_dtype = self._arrays[name], to_numpy(p.type.dtype)
+            if tuple(arr.shape) != tuple(p.type.shape):
+                raise WeightError(f"weight {name!r} has shape {tuple(arr.shape)}, expected "
+                                  f"{tuple(p.type.shape)} ({p.type}); linear weights are stored (in, out)")
+            if arr.dtype != want_dtype:
+                raise WeightError(f"weight {name!r} has dtype {arr.dtype}, expected {want_dtype}; "
+                                  f"convert with .astype('{want_dtype}')")
+        return self
+
+    def save(self, path) -> None:
+        """Write an ``.npz`` file atomically (no pickle)."""
+        from attngraph.fileio import atomic_write_bytes
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **self._arrays)
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path) -> Weights:
+        """Read an ``.npz`` file written by ``save``; object arrays are refused (no pickle)."""
+        with np.load(path, allow_pickle=False) as data:
+            return cls({k: data[k] for k in data.files})

@@ -1,0 +1,36 @@
+"""Random arrays for a graph's inputs at chosen sizes (for ``attngraph run``, benchmarks, checks)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from attngraph.ir import dims
+from attngraph.ir.dtypes import to_numpy
+from attngraph.errors import InputError
+from attngraph.ir import DType, Graph
+
+
+def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
+    """One array per graph input: floats ~ N(0, 1); bool masks about 80% True with the diagonal kept;
+    key lengths uniform in [1, kv_total]. ``sizes`` binds the symbols (``batch``, ``q_len``...)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for value in graph.inputs:
+        try:
+            shape = tuple(dims.evaluate(d, sizes) for d in value.type.shape)
+        except KeyError as e:
+            raise InputError(f"input {value.name!r} has dim {e.args[0]!r}; give its size, e.g. "
+                             f"{e.args[0]}=8 (sizes given: {dict(sizes)})") from None
+        dt = value.type.dtype
+        if dt is DType.BOOL:
+            arr = rng.random(shape) < 0.8
+            arr[..., 0] = True  # every query keeps at least one key
+            out[value.name] = arr
+        elif dt in (DType.INT32, DType.INT64):  # key lengths: 1..kv_total keys kept per batch row
+            total = sizes.get("kv_len", sizes.get("q_len", 1)) + sizes.get("past_len", 0)
+            out[value.name] = rng.integers(1, total + 1, size=shape).astype(to_numpy(dt))
+        else:
+            out[value.name] = rng.standard_normal(shape).astype(to_numpy(dt))
+    return out

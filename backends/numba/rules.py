@@ -1,0 +1,77 @@
+"""The Numba backend's rules: the NumPy backend's (BLAS calls and layout changes already), and the
+fused ``attention`` op as a streaming (flash-style) kernel that never holds a T x T matrix."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numba
+import numpy as np
+from threadpoolctl import ThreadpoolController
+
+from attngraph.array_math.masks import as_rank4
+from attngraph.array_math.rules import mask_args, operands_of
+from attngraph.ir import Op
+from attngraph.lowering import NodeCtx
+from attngraph_backends.numba.kernels import flash_attention
+from attngraph_backends.numpy.rules import rules as numpy_rules
+
+# Threading layer: numba's default (OpenMP) leaves its workers spinning after each kernel, and on a
+# few cores they then starve the BLAS threads of the projections that follow (measured: the output
+# projection after the kernel went from 0.4 to 4 ms at B1 T128). The workqueue layer does not spin;
+# it must not be entered from two Python threads at once, so calls take _KERNEL_LOCK. A
+# NUMBA_THREADING_LAYER set by the user wins.
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+_KERNEL_LOCK = threading.Lock()
+_BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
+
+rules = numpy_rules.extended("numba", without=(Op.ATTENTION,))
+
+# OpenBLAS runs a product through its lock-free small-matrix kernel only while M*N*K <= 1e6; above
+# that, BLAS calls from the kernel's threads serialise on a lock (measured: 2.4x slower with two
+# threads at 128x64x128 than at 64x64x128). Tiles are sized to stay under it.
+SMALL_GEMM_LIMIT = 1_000_000
+
+
+def auto_block_k(block_q: int, head_dim: int) -> int:
+    """The largest power-of-two key block (16..128) keeping block_q x block_k x head_dim in BLAS's small path."""
+    block_k = 128
+    while block_k > 16 and block_q * block_k * head_dim > SMALL_GEMM_LIMIT:
+        block_k //= 2
+    return block_k
+
+
+@rules.register(Op.ATTENTION)
+def _attention(ctx: NodeCtx, q, k, v, *ops):
+    a = ctx.node.attr_dict
+    named = operands_of(ctx, ops)
+    st = ctx.state
+    cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
+    qc, kc, vc = (np.ascontiguousarray(x, dtype=cd) for x in (q, k, v))
+    batch, hq, sq, _ = qc.shape
+    skv, dv = kc.shape[2], vc.shape[3]
+    block_q = int(st.extra["block_q"])
+    block_k = int(st.extra["block_k"]) or auto_block_k(block_q, max(kc.shape[3], dv))
+    full = (batch, hq, sq, skv)
+    bias = np.broadcast_to(as_rank4(np, np.asarray(named["bias"]).astype(cd, copy=False)), full) \
+        if "bias" in named else np.zeros((1, 1, 1, 1), cd)
+    keep = np.broadcast_to(as_rank4(np, np.asarray(named["bool"], dtype=bool)), full) \
+        if "bool" in named else np.ones((1, 1, 1, 1), bool)
+    lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, skv, np.int64)
+    offset = mask_args(ctx, named, sq)["offset"]
+    offsets = np.broadcast_to(np.asarray(offset, np.int64), (batch,)).copy()
+    out = np.empty((batch, hq, sq, dv), cd)
+    want = bool(a["return_weights"])
+    weights = np.zeros(full if want else (1, 1, 1, 1), cd)
+    if st.extra["threads"]:
+        numba.set_num_threads(int(st.extra["threads"]))
+    # the kernel's prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
+    # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
+        flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
+                        cd.type(a["scale"]), cd.type(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
+                        int(a["window_right"]), block_q, block_k, out, weights, want)
+    y = out.astype(st.dtype(ctx.node.outputs[0].type.dtype), copy=False)
+    return (y, weights.astype(st.dtype(ctx.node.outputs[1].type.dtype), copy=False)) if want else y

@@ -1,0 +1,38 @@
+"""The benchmark harness in --quick mode on tiny shapes: JSON structure, and a time and an error
+figure from every installed implementation. (Timings themselves are never asserted.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_quick_bench_produces_every_figure(tmp_path):
+    out = tmp_path / "res"
+    cmd = [sys.executable, "-m", "bench", "--quick", "--impls", "all", "--seqs", "32", "--repeats", "2", "--min-repeats", "1",
+           "--budget", "0.5", "--out", str(out), "--json", str(tmp_path / "raw.json")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "raw.json").read_text())
+    assert data["schema"] == "attngraph.bench/1"
+    assert {"python", "cpu", "cores", "packages"} <= set(data["machine"])
+    assert data["gemm_ceiling_gflops"] > 0 and data["ceilings"]["copy"]["GB/s"] > 0
+    from bench.impls import all_impls
+
+    installed = {n for n, i in all_impls().items() if all(__import__("importlib").util.find_spec(m) for m in i.needs)}
+    measured = {r["impl"] for r in data["results"] if r["status"] == "ok"}
+    assert installed <= measured, f"no figures for {installed - measured}: " + str(
+        [r for r in data["results"] if r["status"] != "ok"])
+    for r in data["results"]:
+        assert r["median_s"] > 0 and r["peak_rss_mib"] > 0 and r["gflops"] > 0
+        assert r["rel_err"] < 1e-5 and r["agrees"], f"{r['impl']} disagrees with the float64 reference"
+        assert r["vs_best_peer"] is not None
+    for name in ("bench.json", "bench.md", "time_vs_seq.png", "memory_vs_seq.png"):
+        assert (out / name).stat().st_size > 0
+    assert "vs best peer" in proc.stdout and "measured" in proc.stdout.splitlines()[-1]
