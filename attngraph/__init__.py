@@ -21,11 +21,23 @@ The semantics every backend follows: ``attngraph.ir.semantics.SEMANTICS``.
 from __future__ import annotations
 
 from attngraph.errors import (
-    AttnGraphError, BackendUnavailable, ConfigError, GraphError, InputError, LoweringError,
-    SerializationError, Unsupported, WeightError,
+    AttnGraphError,
+    BackendUnavailable,
+    ConfigError,
+    GraphError,
+    InputError,
+    LoweringError,
+    SerializationError,
+    Unsupported,
+    WeightError,
 )
 from attngraph.frontends.constructors import (
-    AttentionConfig, build_attention, causal_self_attention, core_attention, cross_attention, self_attention,
+    AttentionConfig,
+    build_attention,
+    causal_self_attention,
+    core_attention,
+    cross_attention,
+    self_attention,
 )
 from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch

@@ -47,3 +47,7 @@ class UnsupportedLowering(Unsupported, LoweringError):
 
 class UnsupportedModel(Unsupported, SerializationError):
     """A model file an importer cannot express as an attngraph graph (names the node or attribute)."""
+
+
+class UnsupportedConfig(Unsupported, ConfigError):
+    """A module or option an importer cannot express in the IR (names it, and what to do instead)."""

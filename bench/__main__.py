@@ -16,7 +16,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 from bench import report
 from bench.cases import DEFAULT, QUICK, BenchCase, grid
 from bench.impls import EXPORTERS, all_impls, export_key

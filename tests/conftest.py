@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
+from attngraph.conformance.budgets import BUDGETS as LIBRARY_BUDGETS
+from attngraph.conformance.budgets import compare
 from attngraph.errors import BackendUnavailable
-from attngraph.conformance.budgets import BUDGETS as LIBRARY_BUDGETS, compare
 from attngraph.lowering.registry import BUILTIN, get_backend
 
 BACKENDS = tuple(sorted(BUILTIN))
@@ -38,7 +39,7 @@ def assert_close(got, ref, dtype: str, what: str = "output") -> None:
 
 
 def rand(rng: np.random.Generator, shape, dtype: str = "float32", scale: float = 1.0) -> np.ndarray:
-    from attngraph.ir.dtypes import to_numpy
     from attngraph.ir import DType
+    from attngraph.ir.dtypes import to_numpy
 
     return (rng.standard_normal(shape) * scale).astype(to_numpy(DType.parse(dtype)))

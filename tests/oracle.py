@@ -1,4 +1,4 @@
-"""An independent float64 attention oracle, written from DESIGN.md's semantics table.
+"""An independent float64 attention oracle, written from the semantics table (attngraph.ir.semantics, shown in the README).
 
 It imports nothing from attngraph and is deliberately plain: explicit loops over batch, heads and
 query rows, the GQA head mapping written as ``h // group``, and masks applied row by row.

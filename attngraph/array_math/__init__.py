@@ -6,6 +6,7 @@ ONNX keep their own kernels and emitters; the float64 conformance reference and 
 independent of it on purpose.
 """
 
+from attngraph.array_math.rules import ARRAY_RULES
 from attngraph.array_math.state import ArrayState, namespace, numpy_dtypes
 
-__all__ = ["ArrayState", "namespace", "numpy_dtypes"]
+__all__ = ["ARRAY_RULES", "ArrayState", "namespace", "numpy_dtypes"]

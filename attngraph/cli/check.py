@@ -19,11 +19,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """The newcomer's first command: choice of backend, quick conformance, ONNX export verified."""
-    from attngraph.frontends.constructors import causal_self_attention
-    from attngraph.lowering.compile import compile as compile_graph
-    from attngraph.lowering.export import export_onnx
-    from attngraph.lowering.weights import Weights
-    from attngraph.selection import select_backend
     from attngraph.conformance import (
         all_cases,
         evaluate,
@@ -34,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     )
     from attngraph.conformance.budgets import BUDGETS, compare
     from attngraph.conformance.report import counts_line, terminal, write
+    from attngraph.frontends.constructors import causal_self_attention
+    from attngraph.lowering.compile import compile as compile_graph
+    from attngraph.lowering.export import export_onnx
+    from attngraph.lowering.weights import Weights
+    from attngraph.selection import select_backend
     from attngraph.testing.random_inputs import random_inputs
 
     start = time.perf_counter()

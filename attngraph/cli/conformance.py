@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -30,8 +28,8 @@ def _targets(args):
 
 
 def _meta(targets, seconds: float) -> dict:
-    from attngraph.version import __version__
     from attngraph.sysinfo import describe_machine
+    from attngraph.version import __version__
 
     m = describe_machine()
     return {"attngraph": __version__, "cpu": m["cpu"], "cores": m["cores"],

@@ -18,8 +18,6 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import onnx
-
     from attngraph.cli.graph_args import graph_from_args
     from attngraph.lowering.export import export_onnx
     from attngraph.lowering.weights import Weights
@@ -28,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     weights = Weights.load(args.weights) if args.weights else Weights.random(graph, seed=args.seed)
     path = export_onnx(graph, args.output, weights=weights, style=args.style, opset=args.opset,
                        external_data=args.external_data or None)
+    import onnx  # installed: export_onnx has checked (a missing onnx gives the one-line pip hint)
+
     model = onnx.load(str(path), load_external_data=False)
     props = {p.key: p.value for p in model.metadata_props}
     ops = sorted({n.op_type for n in model.graph.node})

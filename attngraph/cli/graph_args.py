@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from attngraph.ir import Graph
 from attngraph.frontends.constructors import AttentionConfig, build_attention
-from attngraph.passes import PIPELINES, run_pipeline
+from attngraph.ir import Graph
 from attngraph.ir.serialize import load_graph
+from attngraph.passes import PIPELINES, run_pipeline
 
 
 def add_graph_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +29,7 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mask", choices=["bool", "additive"], help="add a dense attn_mask input")
     g.add_argument("--scale", type=float)
     g.add_argument("--softcap", type=float)
+    g.add_argument("--clip-qkv", type=float, help="clamp projected Q, K, V to [-c, c] (MPT)")
     g.add_argument("--kv-cache", action="store_true", help="past_key/past_value in, present out")
     g.add_argument("--return-weights", action="store_true", help="attention weights as an output")
     g.add_argument("--layout", choices=["4d", "3d"], default="4d", help="core attention input layout")
@@ -47,7 +48,7 @@ def graph_from_args(args: argparse.Namespace) -> Graph:
                                                                   else None),
             v_head_dim=args.v_head_dim, kdim=args.kdim, vdim=args.vdim, bias=not args.no_bias,
             causal=args.causal, window=tuple(args.window) if args.window else None, key_padding=args.key_padding,
-            mask=args.mask, scale=args.scale, softcap=args.softcap, kv_cache=args.kv_cache,
+            mask=args.mask, scale=args.scale, softcap=args.softcap, clip_qkv=args.clip_qkv, kv_cache=args.kv_cache,
             score_outputs=("weights",) if args.return_weights else (), layout=args.layout, dtype=args.dtype)
         graph = build_attention(config)
     return run_pipeline(graph, args.pipeline)

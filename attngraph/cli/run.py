@@ -22,10 +22,10 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from attngraph.lowering.compile import compile as compile_graph
     from attngraph.cli.graph_args import graph_from_args
-    from attngraph.testing.random_inputs import random_inputs
+    from attngraph.lowering.compile import compile as compile_graph
     from attngraph.lowering.weights import Weights
+    from attngraph.testing.random_inputs import random_inputs
 
     graph = graph_from_args(args)
     if args.save:

@@ -19,9 +19,9 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from attngraph.cli.graph_args import graph_from_args
+    from attngraph.lowering.weights import Weights
     from attngraph.selection import select_backend
     from attngraph.selection.autotune import cache_path, clear_cache, tuned_order
-    from attngraph.lowering.weights import Weights
 
     if args.clear:
         print(f"{'removed' if clear_cache() else 'no cache at'} {cache_path()}")

@@ -6,7 +6,8 @@ budgets by dtype, known deviations as data, and reports (terminal, JSON, Markdow
 """
 
 from attngraph.conformance.budgets import BACKEND_BUDGETS, BUDGETS, KNOWN_DEVIATIONS, Verdict, compare
-from attngraph.conformance.cases import Case, all_cases, edge_cases, named_cases, random_cases
+from attngraph.conformance.case import Case
+from attngraph.conformance.cases import all_cases, edge_cases, named_cases, random_cases
 from attngraph.conformance.reference import evaluate
 from attngraph.conformance.runner import (
     Result,

@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from attngraph.frontends.constructors import causal_self_attention, core_attention, cross_attention, self_attention
+from attngraph.conformance.case import Case
 from attngraph.ir import Graph
 from attngraph.lowering.weights import Weights
 from attngraph.testing.random_inputs import random_inputs
-
-
-@dataclass(frozen=True)
-class Case:
-    """One conformance case. ``build()`` -> (graph, weights, inputs)."""
-
-    name: str
-    pins: str
-    build: Callable[[], tuple[Graph, dict, dict]]
-    dtype: str = "float32"
-    quick: bool = True
 
 
 SIZES = {"batch": 2, "q_len": 5, "kv_len": 7, "past_len": 3}
@@ -86,7 +75,7 @@ MASK_SHAPES = {
 
 
 def named_cases() -> list[Case]:
-    """Every row of DESIGN.md's semantics table and the classic traps."""
+    """Every row of the semantics table (attngraph.ir.semantics) and the classic traps."""
     cases = [
         _core("bool_mask_polarity", "bool mask: True = attend, False = masked out", mask="bool"),
         _core("additive_mask", "float mask is added to the scaled scores", mask="additive"),
@@ -131,6 +120,8 @@ def named_cases() -> list[Case]:
         _core("causal_window", "causal plus a left window (local attention)", window=(2, 0), causal=True),
         _graph_case("self_attention_projections", "head split is head-major; Q/K/V/O projections with bias",
                     lambda: self_attention(16, 4, return_weights=True)),
+        _graph_case("clamp_qkv", "MPT's clip_qkv: projected Q, K, V clamped to [-c, c] (runs by decomposition)",
+                    lambda: causal_self_attention(16, 4, num_kv_heads=2, clip_qkv=0.3)),
         _graph_case("score_stages", "every score stage (scaled, softcapped, masked, weights) as an output",
                     lambda: core_attention(4, 8, softcap=3.0, mask="bool",
                                               score_outputs=("scaled", "softcapped", "masked", "weights"))),

@@ -4,7 +4,7 @@ left out: they are the same cases written in primitive ops, which ``from_onnx`` 
 
 from __future__ import annotations
 
-from attngraph.conformance.cases import Case
+from attngraph.conformance.case import Case
 
 
 def onnx_node_cases() -> list[Case]:

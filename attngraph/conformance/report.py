@@ -94,8 +94,7 @@ def heatmap_png(results: Sequence[Result]) -> bytes | None:
                 ratio = r.ratio if r.ratio is not None and math.isfinite(r.ratio) else 1e3
                 grid[i, j] = math.log10(max(ratio, 1e-4))
     fig, ax = plt.subplots(figsize=(2 + 1.1 * len(targets), 1 + 0.16 * len(cases)))
-    cmap = matplotlib.colormaps["RdYlGn_r"].copy()
-    cmap.set_bad("#cccccc")  # skipped cells
+    cmap = matplotlib.colormaps["RdYlGn_r"].with_extremes(bad="#cccccc")  # grey: skipped cells
     im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, vmin=-4, vmax=1, interpolation="nearest")
     ax.xaxis.tick_top()  # target names above the (long) matrix
     ax.set_xticks(range(len(targets)), targets, rotation=30, ha="left", fontsize=8)

@@ -10,14 +10,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from attngraph.errors import AttnGraphError, Unsupported
+from attngraph.conformance.budgets import BUDGETS, budget_for, compare, known_deviation
+from attngraph.conformance.case import Case
+from attngraph.conformance.reference import evaluate
+from attngraph.errors import AttnGraphError, BackendUnavailable, Unsupported
 from attngraph.lowering.compile import compile as compile_graph
 from attngraph.lowering.registry import available_backends, get_backend
 from attngraph.passes import run_pipeline
-from attngraph.conformance.budgets import BUDGETS, budget_for, compare, known_deviation
-from attngraph.conformance.cases import Case
-from attngraph.conformance.reference import evaluate
-from attngraph.errors import BackendUnavailable
 
 ONNX_STYLES = ("attention", "decomposed")
 

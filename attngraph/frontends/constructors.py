@@ -16,10 +16,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from attngraph.ir import dims
-from attngraph.ir.builder import GraphBuilder
 from attngraph.errors import ConfigError
-from attngraph.ir import DType, Graph, Op, Value
+from attngraph.ir import DType, Graph, Op, Value, dims
+from attngraph.ir.builder import GraphBuilder
 
 SCORE_STAGES = {"scaled": "qk_scaled", "softcapped": "qk_softcapped", "masked": "qk_masked", "weights": "attn_weights"}
 KINDS = ("self", "cross", "core")
@@ -51,6 +50,7 @@ class AttentionConfig:
     mask_shape: tuple[dims.Dim, ...] | None = None
     scale: float | None = None
     softcap: float | None = None
+    clip_qkv: float | None = None
     kv_cache: bool = False
     score_outputs: tuple[str, ...] = field(default=())
     layout: str = "4d"
@@ -122,6 +122,8 @@ def _validate(c: AttentionConfig) -> None:
              "key_padding=True and no kv_cache")
     if c.softcap is not None and not c.softcap > 0:
         fail(f"softcap must be > 0 (or None for off), got {c.softcap!r}")
+    if c.clip_qkv is not None and not (math.isfinite(c.clip_qkv) and c.clip_qkv > 0):
+        fail(f"clip_qkv must be a finite number > 0 (or None for off), got {c.clip_qkv!r}")
     if c.scale is not None and not math.isfinite(c.scale):
         fail(f"scale must be a finite float, got {c.scale!r}")
     unknown = set(c.score_outputs) - set(SCORE_STAGES)
@@ -177,10 +179,10 @@ def _linear(b: GraphBuilder, c: AttentionConfig, dt: DType, x: Value, tag: str, 
 
 def _project_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_len: str):
     hq, hkv, d, dv = c.num_heads, c.kv_heads, c.qk_head_dim, c.value_head_dim
+    if c.kind == "core" and c.layout == "4d":
+        return _clamped(b, c, (b.input("q", dt, ("batch", hq, "q_len", d)), b.input("k", dt, ("batch", hkv, kv_len, d)),
+                               b.input("v", dt, ("batch", hkv, kv_len, dv))))
     if c.kind == "core":
-        if c.layout == "4d":
-            return (b.input("q", dt, ("batch", hq, "q_len", d)), b.input("k", dt, ("batch", hkv, kv_len, d)),
-                    b.input("v", dt, ("batch", hkv, kv_len, dv)))
         q = b.input("q", dt, ("batch", "q_len", hq * d))
         k = b.input("k", dt, ("batch", kv_len, hkv * d))
         v = b.input("v", dt, ("batch", kv_len, hkv * dv))
@@ -197,8 +199,17 @@ def _project_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_len: str)
         q = _linear(b, c, dt, xq, "q", c.d_model, hq * d, "q")
         k = _linear(b, c, dt, xk, "k", kdim, hkv * d, "k")
         v = _linear(b, c, dt, xv, "v", vdim, hkv * dv, "v")
+    q, k, v = _clamped(b, c, (q, k, v))
     return (b.op(Op.SPLIT_HEADS, q, heads=hq, name="qh"), b.op(Op.SPLIT_HEADS, k, heads=hkv, name="kh"),
             b.op(Op.SPLIT_HEADS, v, heads=hkv, name="vh"))
+
+
+def _clamped(b: GraphBuilder, c: AttentionConfig, qkv: tuple[Value, Value, Value]) -> tuple[Value, Value, Value]:
+    """MPT's ``clip_qkv``: the projected Q, K and V clamped to [-c, c] before the head split."""
+    if not c.clip_qkv:
+        return qkv
+    low, high = -float(c.clip_qkv), float(c.clip_qkv)
+    return tuple(b.op(Op.CLAMP, t, low=low, high=high, name=f"{t.name}_clamped") for t in qkv)
 
 
 def _mask(b: GraphBuilder, c: AttentionConfig, dt: DType, scores: Value, kv_total: dims.Dim) -> Value:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 
 from attngraph.errors import SerializationError, UnsupportedModel
-from attngraph.ir import DType, Graph
 from attngraph.frontends.constructors import AttentionConfig, build_attention
+from attngraph.ir import DType, Graph
 from attngraph.ir.rename import rename_values
 
 _STAGE_OF_MODE = {0: "scaled", 1: "softcapped", 2: "masked", 3: "weights"}

@@ -11,7 +11,7 @@ The graph is always batch-first; ``inputs``/``outputs`` move a ``batch_first=Fal
 
 Fully masked rows (every key masked for a query): torch returns NaN there (its fast path and its
 softmax both divide 0 by 0); attngraph returns 0 for the output row and for that row's weights, the
-convention of DESIGN.md and of ONNX ``Attention``, so a padded query never poisons what follows.
+convention of attngraph.ir.semantics and of ONNX ``Attention``, so a padded query never poisons what follows.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from attngraph.errors import ConfigError, UnsupportedConfig
 from attngraph.frontends import torch_masks
-from attngraph.errors import ConfigError
-from attngraph.ir import Graph
 from attngraph.frontends.constructors import AttentionConfig, build_attention
+from attngraph.ir import Graph
 from attngraph.lowering.weights import Weights
 
 _DTYPES = {"torch.float32": "float32", "torch.float64": "float64", "torch.float16": "float16",
@@ -137,18 +137,18 @@ def from_torch(module: Any, *, self_attention: bool = False, causal: bool = Fals
             raise ConfigError(f"{option} must be one of {_MASK_KINDS}, got {value!r}")
     m = module
     if m.bias_k is not None or m.bias_v is not None:
-        raise ConfigError("nn.MultiheadAttention(add_bias_kv=True) is not supported: it appends a learned "
+        raise UnsupportedConfig("nn.MultiheadAttention(add_bias_kv=True) is not supported: it appends a learned "
                           "key/value row to every sequence, which attngraph's IR cannot express; fold it "
                           "into your inputs or build the module with add_bias_kv=False")
     if m.add_zero_attn:
-        raise ConfigError("nn.MultiheadAttention(add_zero_attn=True) is not supported: it appends an all-zero "
+        raise UnsupportedConfig("nn.MultiheadAttention(add_zero_attn=True) is not supported: it appends an all-zero "
                           "key/value row that attngraph's IR cannot express; build it with add_zero_attn=False")
     if m.training and m.dropout > 0:
         raise ConfigError(f"the module is in training mode with dropout={m.dropout}; attngraph graphs are "
                           "inference graphs: call module.eval() first")
     dtype = _DTYPES.get(str(m.out_proj.weight.dtype))
     if dtype is None:
-        raise ConfigError(f"module dtype {m.out_proj.weight.dtype} is not supported; use float16, bfloat16, "
+        raise UnsupportedConfig(f"module dtype {m.out_proj.weight.dtype} is not supported; use float16, bfloat16, "
                           "float32 or float64")
     e, kdim, vdim = m.embed_dim, m.kdim, m.vdim
     if self_attention and (kdim != e or vdim != e):
@@ -166,7 +166,7 @@ def from_torch(module: Any, *, self_attention: bool = False, causal: bool = Fals
         mask_shape = ("batch", m.num_heads, "q_len", kv) if attn_mask_per_head else ("q_len", kv)
     has_bias = m.in_proj_bias is not None
     if has_bias != (m.out_proj.bias is not None):
-        raise ConfigError("the module has bias on the input projections but not the output one (or the "
+        raise UnsupportedConfig("the module has bias on the input projections but not the output one (or the "
                           "reverse); attngraph's bias knob covers all four projections together")
     config = AttentionConfig(kind="self" if self_attention else "cross", num_heads=m.num_heads, d_model=e,
                              kdim=None if self_attention else kdim, vdim=None if self_attention else vdim,
@@ -199,7 +199,7 @@ def _weights(m, has_bias: bool) -> dict[str, np.ndarray]:
 
 
 def _np_dtype(t) -> np.dtype:
-    from attngraph.ir.dtypes import to_numpy
     from attngraph.ir import DType
+    from attngraph.ir.dtypes import to_numpy
 
     return to_numpy(DType(_DTYPES[str(t.dtype)]))

@@ -14,7 +14,13 @@ from attngraph.ir import dims
 from attngraph.ir.graph import Attr
 from attngraph.ir.op import Op
 from attngraph.ir.spec_helpers import (
-    REQUIRED, OpSpec, axis_index, need_float, need_rank, need_static, same,
+    REQUIRED,
+    OpSpec,
+    axis_index,
+    need_float,
+    need_rank,
+    need_static,
+    same,
 )
 from attngraph.ir.types import FLOAT_DTYPES, INT_DTYPES, DType, TensorType
 

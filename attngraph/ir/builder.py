@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attngraph.ir import dims
 from attngraph.errors import GraphError
-from attngraph.ir import Attr, DType, Graph, Node, Op, TensorType, Value
+from attngraph.ir import Attr, DType, Graph, Node, Op, TensorType, Value, dims
 from attngraph.ir.nodes import make_node
 from attngraph.ir.verify import verify_graph
 

@@ -5,7 +5,7 @@ Format (version 1)::
     {"format": "attngraph.graph", "version": 1,
      "graph": {"name": ..., "inputs": [[name, dtype, [dims]]], "params": [...],
                "nodes": [{"op": "matmul", "inputs": [names], "outputs": [[name, dtype, [dims]]],
-                          "attrs": {"transpose_b": true}}],
+                          "attrs": {"transpose_b": true}}],   # an infinite float: {"float": "-inf"}
                "outputs": [names]}}
 
 Floats are written with ``repr`` precision by ``json``, so a round trip is exact.
@@ -14,13 +14,13 @@ Floats are written with ``repr`` precision by ``json``, so a round trip is exact
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
-from attngraph.ir import dims
 from attngraph.errors import GraphError, SerializationError
 from attngraph.fileio import atomic_write_text
-from attngraph.ir import DType, Graph, Node, Op, TensorType, Value
+from attngraph.ir import DType, Graph, Node, Op, TensorType, Value, dims
 from attngraph.ir.verify import verify_graph
 
 FORMAT = "attngraph.graph"
@@ -31,8 +31,16 @@ def _value(v: Value) -> list:
     return [v.name, v.type.dtype.value, list(v.type.shape)]
 
 
+_INFINITIES = {"inf": float("inf"), "-inf": float("-inf")}
+
+
 def _attr_out(value: Any) -> Any:
-    return [_attr_out(v) for v in value] if isinstance(value, tuple) else value
+    """JSON has no infinities: a constant's -inf (a mask fill) is written as {"float": "-inf"}."""
+    if isinstance(value, tuple):
+        return [_attr_out(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return {"float": "inf" if value > 0 else "-inf"}
+    return value
 
 
 def graph_to_dict(graph: Graph) -> dict:
@@ -76,6 +84,8 @@ def _parse_value(item: Any, where: str) -> Value:
 def _attr_in(value: Any) -> Any:
     if isinstance(value, list):
         return tuple(_attr_in(v) for v in value)
+    if isinstance(value, dict) and set(value) == {"float"} and value["float"] in _INFINITIES:
+        return _INFINITIES[value["float"]]
     if value is None or isinstance(value, bool | int | float | str):
         return value
     _fail(f"attribute value {value!r} is not a number, string, bool or list")

@@ -22,7 +22,7 @@ OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **PRIMITIVE_SPECS}[op] for op i
 # attributes holding a dim (int or symbol): kept in canonical spelling so equal dims compare equal
 DIM_ATTRS = frozenset({"offset", "length", "start", "stop"})
 
-__all__ = ["DIM_ATTRS", "MASK_ATTRS", "MASK_OPERANDS", "OPS", "REQUIRED", "OpSpec", "check_mask_operands",
+__all__ = ["DIM_ATTRS", "uses_symbols", "MASK_ATTRS", "MASK_OPERANDS", "OPS", "REQUIRED", "OpSpec", "check_mask_operands",
            "complete_attrs", "infer_types", "normalize_attr"]
 
 
@@ -42,6 +42,16 @@ def _canonical_dim(name: str, value: Attr) -> Attr:
     except (TypeError, ValueError) as e:
         raise GraphError(f"attribute {name}={value!r}: {e}") from None
     return value
+
+
+def uses_symbols(node) -> bool:
+    """True when one of the node's attributes holds a symbolic dim (its value is known only at run time)."""
+    for name, value in node.attrs:
+        if name in DIM_ATTRS or name in ("shape", "value"):
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, str) and dims.symbols(v):
+                    return True
+    return False
 
 
 def complete_attrs(op: Op, given: dict[str, Attr]) -> tuple[tuple[str, Attr], ...]:

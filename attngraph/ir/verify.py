@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from attngraph.ir import dims
-from attngraph.ir import specs as ops
 from attngraph.errors import GraphError
-from attngraph.ir import DType, Graph, Op, TensorType, Value
+from attngraph.ir import DType, Graph, Op, TensorType, Value, dims
+from attngraph.ir import specs as ops
 from attngraph.ir.printer import format_node, format_value
 
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.")

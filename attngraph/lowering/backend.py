@@ -19,6 +19,7 @@ import numpy as np
 
 from attngraph.errors import AttnGraphError, ConfigError, LoweringError
 from attngraph.ir import DType, Graph, Node, Op, Value
+from attngraph.ir.specs import uses_symbols
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering.checking import check_inputs
 from attngraph.lowering.rules import Rules, interpret
@@ -30,11 +31,12 @@ ALL_DTYPES = frozenset(DType)
 
 
 def split_param_nodes(graph: Graph) -> tuple[list[Node], list[Node]]:
-    """Nodes that depend on params only (run once per compile) and the rest (run per call)."""
+    """Nodes that depend on params only (run once per compile) and the rest (run per call): a node
+    whose attributes hold a symbolic dim (an ``iota`` of ``q_len``) needs the call's sizes."""
     known = {v.name for v in graph.params}
     const, per_call = [], []
     for node in graph.nodes:
-        if all(v.name in known for v in node.inputs):
+        if all(v.name in known for v in node.inputs) and not uses_symbols(node):
             const.append(node)
             known.update(v.name for v in node.outputs)
         else:

@@ -9,10 +9,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from attngraph.ir import dims
-from attngraph.ir.dtypes import from_numpy
 from attngraph.errors import InputError
-from attngraph.ir import DType, Graph, Value
+from attngraph.ir import DType, Graph, Value, dims
+from attngraph.ir.dtypes import from_numpy
 
 
 def check_inputs(graph: Graph, given: Mapping[str, Any]) -> dict[str, int]:

@@ -7,9 +7,9 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from attngraph.ir.dtypes import to_numpy
 from attngraph.errors import WeightError
 from attngraph.ir import Graph
+from attngraph.ir.dtypes import to_numpy
 
 
 class Weights(Mapping[str, np.ndarray]):
@@ -73,8 +73,9 @@ class Weights(Mapping[str, np.ndarray]):
 
     def save(self, path) -> None:
         """Write an ``.npz`` file atomically (no pickle)."""
-        from attngraph.fileio import atomic_write_bytes
         import io
+
+        from attngraph.fileio import atomic_write_bytes
 
         buf = io.BytesIO()
         np.savez(buf, **self._arrays)

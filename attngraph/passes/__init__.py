@@ -14,12 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from attngraph.ir import Graph
+from attngraph.ir.verify import verify_graph
 from attngraph.passes.dce import eliminate_dead_code
 from attngraph.passes.decompose import decompose, decompose_attention
 from attngraph.passes.fold_scales import fold_scales
 from attngraph.passes.fuse_attention import fuse_attention
 from attngraph.passes.fuse_qkv import fuse_qkv_projection, unfuse_qkv_projection
-from attngraph.ir.verify import verify_graph
 
 Pass = Callable[[Graph], Graph]
 

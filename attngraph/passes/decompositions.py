@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from attngraph.ir import DType, Node, Op, Value
-from attngraph.ir import specs
+from attngraph.ir import DType, Node, Op, Value, specs
 from attngraph.passes.rewrite import Emitter
 
 Decomposition = Callable[[Node, Emitter], None]

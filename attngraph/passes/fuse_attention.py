@@ -10,8 +10,7 @@ Like onnxscript's SDPA fusion, a chain that does not match exactly is left alone
 
 from __future__ import annotations
 
-from attngraph.ir import Graph, Node, Op
-from attngraph.ir import specs
+from attngraph.ir import Graph, Node, Op, specs
 from attngraph.passes.rewrite import Emitter, GraphIndex, Rewrite, Step, rewrite, taken_names
 
 CHAIN = (Step(Op.SOFTMAX), Step(Op.MASK, optional=True), Step(Op.SOFTCAP, optional=True),

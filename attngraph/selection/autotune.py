@@ -20,6 +20,7 @@ from attngraph.fileio import atomic_write_text
 from attngraph.ir import Graph
 
 VERSION = 1
+TAG = "ATTNGRAPH_TUNE "  # marks the line with the result in a tune worker's stdout
 
 
 def cache_path() -> Path:
@@ -106,8 +107,6 @@ def time_backends(graph: Graph, weights, sizes: Mapping[str, int], names: list[s
 def _time_in_subprocess(folder: Path, spec: dict, name: str, timeout_s: float) -> float | None:
     import subprocess
     import sys
-
-    from attngraph.selection.tune_worker import TAG
 
     (folder / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     try:

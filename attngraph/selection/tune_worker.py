@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-TAG = "ATTNGRAPH_TUNE "
+from attngraph.selection.autotune import TAG
+
 
 
 def main(folder: str, backend: str) -> None:

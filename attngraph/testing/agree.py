@@ -28,10 +28,10 @@ def assert_backends_agree(graph: Graph, weights: Mapping[str, np.ndarray] | None
     """Run ``graph`` on every backend in ``backends`` (default: all installed) and compare every output
     with the float64 reference; raise ``BackendsDisagree`` naming each backend and output that is out of
     its dtype budget (NaN against a number always is). Returns the outputs by backend."""
-    from attngraph.lowering.compile import compile as compile_graph
     from attngraph.conformance.budgets import BUDGETS, budget_for, compare
     from attngraph.conformance.reference import evaluate
     from attngraph.conformance.runner import installed_backends
+    from attngraph.lowering.compile import compile as compile_graph
 
     names = list(backends) if backends is not None else installed_backends()
     weights = dict(weights or {})

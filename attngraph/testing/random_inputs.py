@@ -6,10 +6,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from attngraph.ir import dims
-from attngraph.ir.dtypes import to_numpy
 from attngraph.errors import InputError
-from attngraph.ir import DType, Graph
+from attngraph.ir import DType, Graph, dims
+from attngraph.ir.dtypes import to_numpy
 
 
 def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:

@@ -9,11 +9,11 @@ True). Kernels compile once and are cached on disk (see this package's ``__init_
 from __future__ import annotations
 
 import array_api_compat.numpy as xp
+from attngraph_backends.numba.rules import rules
 
 from attngraph.array_math import ArrayState, numpy_dtypes
 from attngraph.errors import ConfigError
 from attngraph.lowering import Backend
-from attngraph_backends.numba.rules import rules
 
 
 class NumbaBackend(Backend):

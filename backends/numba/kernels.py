@@ -16,9 +16,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
-
 from attngraph_backends.numba.exp import FASTMATH, exp_shifted_sum, row_max
+from numba import njit, prange
 
 
 @njit(cache=True, parallel=True)

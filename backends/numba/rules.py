@@ -8,14 +8,14 @@ import threading
 
 import numba
 import numpy as np
+from attngraph_backends.numba.kernels import flash_attention
+from attngraph_backends.numpy.rules import rules as numpy_rules
 from threadpoolctl import ThreadpoolController
 
 from attngraph.array_math.masks import as_rank4
 from attngraph.array_math.rules import mask_args, operands_of
 from attngraph.ir import Op
 from attngraph.lowering import NodeCtx
-from attngraph_backends.numba.kernels import flash_attention
-from attngraph_backends.numpy.rules import rules as numpy_rules
 
 # Threading layer: numba's default (OpenMP) leaves its workers spinning after each kernel, and on a
 # few cores they then starve the BLAS threads of the projections that follow (measured: the output

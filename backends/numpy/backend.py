@@ -10,11 +10,11 @@ walk the queries in chunks and never hold more than ``max_scores_bytes`` of scor
 from __future__ import annotations
 
 import array_api_compat.numpy as xp
+from attngraph_backends.numpy.rules import rules
 
 from attngraph.array_math import ArrayState, numpy_dtypes
 from attngraph.ir import Graph
 from attngraph.lowering import Backend
-from attngraph_backends.numpy.rules import rules
 
 
 class NumpyBackend(Backend):

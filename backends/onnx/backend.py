@@ -8,12 +8,12 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from attngraph_backends.onnx.export import prepared, to_onnx
+from attngraph_backends.onnx.fused import ATTENTION_STYLE
 
 from attngraph.errors import AttnGraphError, LoweringError
 from attngraph.ir import DType, Graph
 from attngraph.lowering import Backend, Executable
-from attngraph_backends.onnx.export import to_onnx
-from attngraph_backends.onnx.fused import ATTENTION_STYLE
 
 OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
               "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
@@ -65,9 +65,10 @@ class OnnxBackend(Backend):
             ir_graph = _graph_of(model)
             data = os.fspath(graph)  # a path, so onnxruntime finds external data beside it
         else:
-            ir_graph = graph
             style = "decomposed" if opts["style"] == "auto" and not opts["fuse"] else opts["style"]
-            data = to_onnx(graph, weights, style=style, opset=opts["opset"]).SerializeToString()
+            model = to_onnx(graph, weights, style=style, opset=opts["opset"])
+            data = model.SerializeToString()
+            ir_graph = prepared(graph, {p.key: p.value for p in model.metadata_props}["attngraph.style"])
         sess = self.session(data, opts, float64=any(v.type.dtype is DType.FLOAT64 for v in ir_graph.inputs))
         names = [o.name for o in sess.get_outputs()]
 
@@ -85,8 +86,11 @@ class OnnxBackend(Backend):
 
 
 def _run_bfloat16(sess, graph: Graph, given: dict, bound: dict) -> dict:
-    """onnxruntime's NumPy API has no bfloat16: pass bfloat16 tensors as uint16 bits with an ONNX type."""
-    from attngraph.ir import dims
+    """onnxruntime's NumPy API has no bfloat16: pass bfloat16 tensors as uint16 bits with an ONNX type,
+    and let onnxruntime allocate the outputs (a preallocated output is checked against its own shape
+    inference, which gets the Attention operator's weights output wrong), then copy their bits out."""
+    import ctypes
+
     from attngraph.ir.dtypes import to_numpy
 
     def ortvalue(arr: np.ndarray, dtype: DType):
@@ -97,12 +101,17 @@ def _run_bfloat16(sess, graph: Graph, given: dict, bound: dict) -> dict:
     binding = sess.io_binding()
     for v in graph.inputs:
         binding.bind_ortvalue_input(v.name, ortvalue(np.ascontiguousarray(given[v.name]), v.type.dtype))
-    outputs = {}
     for v in graph.outputs:
-        shape = tuple(dims.evaluate(d, bound) for d in v.type.shape)
-        outputs[v.name] = np.empty(shape, to_numpy(v.type.dtype))
-        binding.bind_ortvalue_output(v.name, ortvalue(outputs[v.name], v.type.dtype))
+        binding.bind_output(v.name, "cpu")
     sess.run_with_iobinding(binding)
+    outputs = {}
+    for v, value in zip(graph.outputs, binding.get_outputs(), strict=True):
+        if v.type.dtype is DType.BFLOAT16:
+            bits = np.empty(value.shape(), np.uint16)
+            ctypes.memmove(bits.ctypes.data, value.data_ptr(), bits.nbytes)
+            outputs[v.name] = bits.view(to_numpy(DType.BFLOAT16))
+        else:
+            outputs[v.name] = value.numpy()
     return outputs
 
 

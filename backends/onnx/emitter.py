@@ -12,9 +12,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from attngraph.ir import dims
 from attngraph.errors import LoweringError
-from attngraph.ir import DType, Graph
+from attngraph.ir import DType, Graph, dims
 from attngraph.ir.names import fresh_name
 
 ONNX_TYPES = {DType.FLOAT16: TensorProto.FLOAT16, DType.BFLOAT16: TensorProto.BFLOAT16,

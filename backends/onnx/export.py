@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from attngraph_backends.onnx.emitter import OnnxEmitter
+from attngraph_backends.onnx.fused import ATTENTION_STYLE, CONTRIB_STYLE
+from attngraph_backends.onnx.rules import DECOMPOSED
 from onnx import helper
 
 from attngraph.errors import AttnGraphError
@@ -17,9 +20,6 @@ from attngraph.ir import DType, Graph
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering import interpret
 from attngraph.lowering.weights import Weights
-from attngraph_backends.onnx.emitter import OnnxEmitter
-from attngraph_backends.onnx.fused import ATTENTION_STYLE, CONTRIB_STYLE
-from attngraph_backends.onnx.rules import DECOMPOSED
 
 STYLES = {"decomposed": DECOMPOSED, "attention": ATTENTION_STYLE, "contrib": CONTRIB_STYLE}
 MIN_OPSET = {"decomposed": 17, "attention": 23, "contrib": 17}
@@ -42,7 +42,8 @@ def choose_style(graph: Graph, opset: int | None = None) -> str:
     return "attention"
 
 
-def _prepared(graph: Graph, style: str) -> Graph:
+def prepared(graph: Graph, style: str) -> Graph:
+    """The graph as the exporter lowers it in ``style``: what the exported model computes, op for op."""
     from attngraph.passes import decompose, fuse_attention, unfuse_qkv_projection
 
     # onnxruntime runs three projections faster than one GEMM + Split (the split copies): measured
@@ -65,7 +66,7 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
         raise AttnGraphError(f"opset {opset} is too old for style {style!r} ({why}); use opset="
                              f"{DEFAULT_OPSET[style]} or another style")
     weights = Weights(weights or {}).check(graph)
-    lowered = _prepared(graph, style)
+    lowered = prepared(graph, style)
     e = OnnxEmitter(lowered, opset)
     env: dict = {v: e.to_compute(v.name, v.type.dtype) for v in lowered.inputs}
     for p in lowered.params:

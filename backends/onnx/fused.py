@@ -12,11 +12,11 @@ cache, no softcap, no weights output). Anything else is refused with the reason.
 
 from __future__ import annotations
 
-from attngraph.ir import dims
-from attngraph.errors import UnsupportedLowering
-from attngraph.ir import Op
-from attngraph.lowering import NodeCtx, Rules
 from attngraph_backends.onnx.rules import DECOMPOSED, keep_mask
+
+from attngraph.errors import UnsupportedLowering
+from attngraph.ir import Op, dims
+from attngraph.lowering import NodeCtx, Rules
 
 ATTENTION_STYLE = Rules("onnx")
 ATTENTION_STYLE.update(DECOMPOSED)
@@ -37,7 +37,7 @@ def _attention(ctx: NodeCtx, q, k, v, *ops):
     operands = dict(zip(a["operands"], ops))
     native_causal = bool(a["causal"]) and dims.canonical(a["offset"]) == 0 and a["window_left"] < 0 \
         and a["window_right"] < 0 and a["align"] == "start"
-    keep = keep_mask(e, ctx, e.shape_slice(q, 2, 3), e.shape_slice(k, 2, 3), operands, use_causal=not native_causal)
+    keep = keep_mask(e, ctx, operands, use_causal=not native_causal)
     mask = None
     if "bias" in operands:
         mask = operands["bias"] if keep is None else e.op("Where", [keep, operands["bias"], e.scalar(float("-inf"))])

@@ -8,10 +8,10 @@ dtype and float constants are made in it.
 from __future__ import annotations
 
 import numpy as np
+from attngraph_backends.onnx.emitter import ONNX_TYPES, OnnxEmitter
 
 from attngraph.ir import DType, Op
 from attngraph.lowering import NodeCtx, Rules
-from attngraph_backends.onnx.emitter import ONNX_TYPES, OnnxEmitter
 
 PRIMITIVES = Rules("onnx")
 

@@ -8,12 +8,13 @@ first). ``ATTENTION_STYLE`` adds a rule lowering ``attention`` to the standard o
 
 from __future__ import annotations
 
-import numpy as np
-
-from attngraph.ir import DType, Op
-from attngraph.lowering import NodeCtx
-from attngraph_backends.onnx.emitter import ONNX_TYPES, OnnxEmitter
+from attngraph_backends.onnx.emitter import OnnxEmitter
 from attngraph_backends.onnx.primitives import PRIMITIVES
+
+from attngraph.ir import Op
+from attngraph.lowering import NodeCtx, interpret
+from attngraph.passes.decompositions import keep_mask as ir_keep_mask
+from attngraph.passes.rewrite import Emitter
 
 DECOMPOSED = PRIMITIVES.extended("onnx")
 
@@ -86,43 +87,27 @@ def _softcap(ctx, x):
     return e.op("Mul", [e.op("Tanh", [e.op("Div", [x, cap])]), cap], hint=_hint(ctx))
 
 
-def keep_mask(e: OnnxEmitter, ctx: NodeCtx, sq: str, skv: str, operands: dict, *, use_causal: bool = True):
-    """Bool tensor of kept positions, broadcastable to (B, H, Sq, Skv), or None when nothing is masked.
+def keep_mask(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str], *, use_causal: bool = True) -> str | None:
+    """The keep mask of a ``mask`` or ``attention`` node as an ONNX bool tensor broadcastable to
+    (B, H, Sq, Skv), or None when nothing is masked.
 
-    ``sq`` and ``skv`` are 1-element int64 tensors holding the query and key lengths.
+    It is the default decomposition's keep mask (``attngraph.passes.decompositions.keep_mask``: IR
+    primitives), lowered here by the primitives' ONNX rules, so the keep rule is written once for
+    every graph-building backend.
     """
-    a = ctx.node.attr_dict
-    causal = bool(a["causal"]) and use_causal
-    wl, wr = int(a["window_left"]), int(a["window_right"])
-    structured = causal or wl >= 0 or wr >= 0
-    parts = []
-    if "bool" in operands:
-        parts.append(operands["bool"])
-    if not structured and "lengths" not in operands:
-        return parts[0] if parts else None
-    zero, one = e.const(np.int64(0), "zero"), e.const(np.int64(1), "one")
-    sq0, skv0 = e.op("Squeeze", [sq, e.i64([0])]), e.op("Squeeze", [skv, e.i64([0])])
-    cols = e.op("Reshape", [e.op("Range", [zero, skv0, one]), e.i64([1, 1, 1, -1])])  # (1, 1, 1, Skv)
-    lengths = e.op("Cast", [operands["lengths"]], to=ONNX_TYPES[DType.INT64]) if "lengths" in operands else None
-    if lengths is not None:
-        parts.append(e.op("Less", [cols, e.op("Reshape", [lengths, e.i64([-1, 1, 1, 1])])]))
-    if structured:
-        rows = e.op("Reshape", [e.op("Range", [zero, sq0, one]), e.i64([1, 1, -1, 1])])  # (1, 1, Sq, 1)
-        if a["align"] == "lengths":  # per batch row: the queries are the last Sq of its valid keys
-            start = e.op("Reshape", [e.op("Sub", [lengths, sq]), e.i64([-1, 1, 1, 1])])
-        else:
-            start = e.dim(a["offset"])
-        pos = e.op("Add", [rows, start])  # absolute query positions, (1 or B, 1, Sq, 1)
-        if causal:
-            parts.append(e.op("LessOrEqual", [cols, pos]))
-        if wl >= 0:
-            parts.append(e.op("GreaterOrEqual", [cols, e.op("Sub", [pos, e.i64([wl])])]))
-        if wr >= 0:
-            parts.append(e.op("LessOrEqual", [cols, e.op("Add", [pos, e.i64([wr])])]))
-    keep = None
-    for p in parts:
-        keep = p if keep is None else e.op("And", [keep, p])
-    return keep
+    node = ctx.node
+    attrs = dict(node.attr_dict, causal=bool(node.attr("causal")) and use_causal)
+    first = 1 if node.op is Op.MASK else 3
+    ir_operands = dict(zip(attrs["operands"], node.inputs[first:], strict=True))
+    q_len, kv_len = ((node.inputs[0].type.shape[2], node.inputs[0].type.shape[3]) if node.op is Op.MASK
+                     else (node.inputs[0].type.shape[2], node.inputs[1].type.shape[2]))
+    em = Emitter({v.name for v in node.inputs + node.outputs})
+    keep = ir_keep_mask(em, attrs, ir_operands, q_len, kv_len)
+    if keep is None:
+        return None
+    env = {ir_operands[kind]: operands[kind] for kind in ir_operands}
+    interpret(em.nodes, PRIMITIVES, env, ctx.dims, e)
+    return env[keep]
 
 
 @DECOMPOSED.register(Op.MASK)
@@ -131,7 +116,7 @@ def _mask(ctx, scores, *ops):
     operands = dict(zip(ctx.attr("operands"), ops))
     if "bias" in operands:
         scores = e.op("Add", [scores, operands["bias"]])
-    keep = keep_mask(e, ctx, e.shape_slice(scores, 2, 3), e.shape_slice(scores, 3, 4), operands)
+    keep = keep_mask(e, ctx, operands)
     if keep is None:
         return scores
     return e.op("Where", [keep, scores, e.scalar(float("-inf"))], hint=_hint(ctx))

@@ -21,13 +21,13 @@ from typing import Any
 import array_api_compat.torch as xp
 import numpy as np
 import torch
+from attngraph_backends.torch.rules import rules
 
 from attngraph.array_math import ArrayState
 from attngraph.errors import ConfigError
 from attngraph.ir import DType, Graph
 from attngraph.ir.dtypes import to_numpy
 from attngraph.lowering import Backend, Executable
-from attngraph_backends.torch.rules import rules
 
 TORCH_DTYPES = {DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16, DType.FLOAT32: torch.float32,
                 DType.FLOAT64: torch.float64, DType.BOOL: torch.bool, DType.INT32: torch.int32,

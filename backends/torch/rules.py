@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import array_api_compat.torch as xp
 import torch
+from attngraph_backends.torch import kernels as K
 
 from attngraph.array_math.attention import chunked_attention
 from attngraph.array_math.rules import ARRAY_RULES, compute, mask_args, operands_of, out
 from attngraph.ir import Op
-from attngraph_backends.torch import kernels as K
 
 rules = ARRAY_RULES.extended("torch", without=(Op.LINEAR, Op.ATTENTION))
 

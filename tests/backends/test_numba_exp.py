@@ -7,10 +7,9 @@ import pytest
 
 pytest.importorskip("numba")
 
-from numba import njit  # noqa: E402
-
-from attngraph_backends.numba.rules import SMALL_GEMM_LIMIT, auto_block_k  # noqa: E402
 from attngraph_backends.numba.exp import exp_shifted_sum, row_max  # noqa: E402
+from attngraph_backends.numba.rules import SMALL_GEMM_LIMIT, auto_block_k  # noqa: E402
+from numba import njit  # noqa: E402
 
 
 @njit

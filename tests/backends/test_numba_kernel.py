@@ -4,13 +4,13 @@ edges, every tile size, and thread counts. Compared with the float64 oracle."""
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pytest
+from conftest import assert_close
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attngraph as ag
-import oracle
-from conftest import assert_close
 
 pytest.importorskip("numba")
 

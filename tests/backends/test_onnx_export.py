@@ -4,12 +4,12 @@ them, under onnxruntime and onnx's ReferenceEvaluator, against the float64 oracl
 from __future__ import annotations
 
 import numpy as np
+import oracle
 import pytest
+from conftest import assert_close
 
 import attngraph as ag
-import oracle
 from attngraph.testing.random_inputs import random_inputs
-from conftest import assert_close
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")

@@ -8,11 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import attngraph as ag  # noqa: E402
 import oracle  # noqa: E402
 from attngraph_backends.torch import kernels as torch_kernels  # noqa: E402
 from attngraph_backends.torch.backend import to_array, to_tensor  # noqa: E402
 from conftest import assert_close  # noqa: E402
+
+import attngraph as ag  # noqa: E402
 
 NO_MASK = {"causal": False, "offset": 0, "window_left": -1, "window_right": -1}
 

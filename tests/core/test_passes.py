@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import attngraph as ag
 from attngraph import Op
 from attngraph.passes import (
-    decompose_attention, eliminate_dead_code, fold_scales, fuse_attention, fuse_qkv_projection, run_pipeline,
+    decompose_attention,
+    eliminate_dead_code,
+    fold_scales,
+    fuse_attention,
+    fuse_qkv_projection,
+    run_pipeline,
 )
-from conftest import rand
 
 
 def _run(graph, weights, inputs, fuse=False):

@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import rand
 
 import attngraph as ag
 from attngraph.ir.serialize import graph_to_dict
-from conftest import rand
 
 
 @pytest.mark.parametrize("pipeline", ["O0", "O1"])

@@ -7,9 +7,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import assert_close  # noqa: E402
+
 import attngraph as ag  # noqa: E402
 from attngraph.errors import ConfigError  # noqa: E402
-from conftest import assert_close  # noqa: E402
 
 
 def _config(seed: int) -> dict:
@@ -169,3 +170,14 @@ def test_sdpa_path_zeroes_fully_masked_rows_even_when_sdpa_gives_nan(monkeypatch
         x["attn_mask"][1] = False if mask == "bool" else -np.inf
         y = ag.compile(g, "torch")(x)["y"]
         assert np.all(y[:, :, 1] == 0) and np.isfinite(y).all()
+
+
+def test_compile_takes_the_imported_object_itself():
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    imported = ag.from_torch(mha, self_attention=True)
+    x = np.random.default_rng(0).standard_normal((2, 5, 16), dtype=np.float32)
+    y = ag.compile(imported, "numpy")(imported.inputs(x))["y"]   # the graph with its own weights
+    graph, weights = imported
+    np.testing.assert_array_equal(y, ag.compile(graph, "numpy", weights=weights)(x=x)["y"])
+    with pytest.raises(ag.ConfigError, match="compile\\(\\) takes an attngraph Graph .* got method"):
+        ag.compile(imported.inputs, "numpy")

@@ -7,14 +7,13 @@ import json
 
 import numpy as np
 import pytest
+from attngraph_backends.numpy import backend as numpy_backend
 
 import attngraph as ag
-from attngraph.conformance import all_cases, compare, installed_backends, run_conformance, select_cases
-from attngraph.conformance import targets_for
+from attngraph.conformance import all_cases, compare, installed_backends, run_conformance, select_cases, targets_for
 from attngraph.conformance.report import html_page, markdown, terminal, to_json
 from attngraph.ir import Op
 from attngraph.lowering import Rules
-from attngraph_backends.numpy import backend as numpy_backend
 
 
 def _faulty(name: str, op: Op, rule) -> type:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BUDGETS
 
 import attngraph as ag
 from attngraph.conformance.budgets import known_deviation
-from conftest import BUDGETS
 
 onnx_loader = pytest.importorskip("onnx.backend.test.loader")
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import oracle
+from conftest import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attngraph as ag
-import oracle
-from conftest import assert_close
 
 
 @st.composite

@@ -1,14 +1,14 @@
-"""Every row of DESIGN.md's semantics table, on every backend, as the primitive chain and fused."""
+"""Every row of the semantics table (attngraph.ir.semantics), on every backend, as the primitive chain and fused."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-
-import attngraph as ag
 import oracle
+import pytest
 from conftest import assert_close, rand
 from semantics_cases import MODES, check_core, run_graph
+
+import attngraph as ag
 
 pytestmark = pytest.mark.parametrize("mode", sorted(MODES))
 

@@ -78,3 +78,13 @@ def test_tune_measures_caches_and_clears(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "autotune: " in out and (tmp_path / "autotune.json").exists()
     assert main(["tune", "--clear"]) == 0 and not (tmp_path / "autotune.json").exists()
+
+
+def test_export_without_onnx_prints_the_pip_hint(tmp_path, monkeypatch, capsys):
+    from attngraph.lowering import registry
+
+    monkeypatch.setitem(registry.BUILTIN, "onnx", ("attngraph_no_onnx_here:Backend", "onnx"))
+    monkeypatch.delitem(registry._loaded, "onnx", raising=False)
+    assert main(["export", str(tmp_path / "x.onnx")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'attngraph[onnx]'" in err[0], err

@@ -30,3 +30,24 @@ def test_every_python_block_runs_in_order(tmp_path, monkeypatch):
     namespace["test_my_attention"](["numpy", "numba"])   # the pytest-plugin example, with its fixtures' values
     namespace["test_runs_everywhere"]("numpy")
     assert namespace["fast"].backend.startswith("auto:")
+
+
+def test_semantics_table_is_the_packages():
+    """The README's table is the normative table in attngraph.ir.semantics, row for row."""
+    from attngraph.ir.semantics import markdown_table
+
+    text = README.read_text()
+    start = text.index("| question | answer in attngraph |")
+    assert text[start:text.index("\n\n", start)] == markdown_table()
+
+
+def test_every_semantics_row_is_pinned_by_conformance_cases():
+    from attngraph.conformance import all_cases
+    from attngraph.ir.semantics import SEMANTICS
+
+    names = {c.name for c in all_cases(include_onnx=False)}
+    for rule in SEMANTICS:
+        missing = [c for c in rule.cases if c not in names]
+        assert not missing, f"semantics row {rule.question!r} names cases that do not exist: {missing}"
+    unpinned = [r.question for r in SEMANTICS if not r.cases]
+    assert unpinned == ["integer mask"], "only the refusal row is pinned by a test instead of a case"

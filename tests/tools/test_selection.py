@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 
 import attngraph as ag
-from attngraph.testing.random_inputs import random_inputs
-from attngraph.selection import Capabilities, CudaDevice, Hardware, capabilities_of, graph_features, select_backend
-from attngraph.selection import autotune
+from attngraph.selection import (
+    Capabilities,
+    CudaDevice,
+    Hardware,
+    autotune,
+    capabilities_of,
+    graph_features,
+    select_backend,
+)
 from attngraph.selection.capabilities import ALL
+from attngraph.testing.random_inputs import random_inputs
 
 ALL_BACKENDS = ("numba", "numpy", "onnx", "torch")
 CPU = Hardware("test cpu", 8, ("avx2",), 64.0, (), ("CPUExecutionProvider",), ALL_BACKENDS)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 import attngraph as ag
-from attngraph.testing.random_inputs import random_inputs
 from attngraph.testing import BackendsDisagree, assert_backends_agree
+from attngraph.testing.random_inputs import random_inputs
 
 pytest_plugins = ["pytester"]
 

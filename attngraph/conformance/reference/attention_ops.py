@@ -1,9 +1,6 @@
-"""The float64 reference: any attngraph graph evaluated op by op in float64, plainly.
-
-It shares no code with the backends: masks are built key by key from DESIGN.md's rules, the GQA
-head map is written as ``h // group``, and a row whose scores are all -inf gets probabilities 0.
-Slow (Python loops over rows) but only ever run on conformance-sized problems.
-"""
+"""The reference rules of the attention ops, in float64, written plainly from the semantics table:
+masks key by key, the GQA head map as ``h // group``, a row whose scores are all -inf gets
+probabilities 0. Slow (Python loops over rows) but only ever run on conformance-sized problems."""
 
 from __future__ import annotations
 
@@ -11,24 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from attngraph.ir import dims
-from attngraph.ir import Graph, Node, Op
-
-
-def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> dict:
-    """Every output of ``graph`` in float64 (bool/int inputs kept as they are)."""
-    env, bound = {}, {}
-    for value in list(graph.inputs) + list(graph.params):
-        arr = np.asarray(inputs[value.name] if value.name in inputs else weights[value.name])
-        env[value] = arr.astype(np.float64) if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16" else arr
-        for d, size in zip(value.type.shape, arr.shape, strict=True):
-            if not dims.is_static(d) and dims.canonical(d) in dims.symbols(d):
-                bound[dims.canonical(d)] = int(size)
-    for node in graph.nodes:
-        result = _OPS[node.op](node, bound, *(env[v] for v in node.inputs))
-        for value, out in zip(node.outputs, result if len(node.outputs) > 1 else (result,), strict=True):
-            env[value] = out
-    return {v.name: env[v] for v in graph.outputs}
+from attngraph.ir import Node, Op, dims
 
 
 def _kv_for(h: int, hq: int, hkv: int) -> int:
@@ -108,7 +88,7 @@ def _split(node, bound, x):
     return tuple(np.split(x, cuts, axis=node.attr("axis")))
 
 
-_OPS = {
+ATTENTION_OPS = {
     Op.LINEAR: lambda n, b, x, w, bias=None: x @ w + (0.0 if bias is None else bias),
     Op.SPLIT_HEADS: lambda n, b, x: x.reshape(x.shape[0], x.shape[1], n.attr("heads"), -1).transpose(0, 2, 1, 3),
     Op.CONCAT: lambda n, b, *xs: np.concatenate(xs, axis=n.attr("axis")),
@@ -120,5 +100,6 @@ _OPS = {
     Op.SOFTMAX: _softmax,
     Op.WEIGHTED_SUM: lambda n, b, p, v: _matmul(_Attrs(transpose_b=False), b, p, v),
     Op.MERGE_HEADS: lambda n, b, x: x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1),
+    Op.CLAMP: lambda n, b, x: np.clip(x, float(n.attr("low")), float(n.attr("high"))),
     Op.ATTENTION: _attention,
 }
