@@ -62,7 +62,8 @@ def core(q, k, v, *, scale=None, softcap=0.0, causal=False, offset=0, window=(-1
                 e = np.exp(row - np.max(row))
                 p = e / e.sum()
                 stages["weights"][b, h, i] = p
-                y[b, h, i] = p @ v[b, kvh]
+                kept = p != 0  # a masked key (weight 0) takes no part, NaN or inf in its value included
+                y[b, h, i] = p[kept] @ v[b, kvh][kept]
     return y, stages
 
 

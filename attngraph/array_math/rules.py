@@ -12,8 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 from attngraph.array_math.attention import chunked_attention
+from attngraph.array_math.cache import write_cache
 from attngraph.array_math.gqa import grouped_matmul
 from attngraph.array_math.masks import apply_mask, query_offset
+from attngraph.array_math.positions import (
+    PositionBiases, alibi_bias, apply_rotary, key_distance, relative_bias, rms_norm, rotary_tables,
+)
 from attngraph.array_math.softmax import safe_softmax
 from attngraph.ir import DType, Op
 from attngraph.lowering.rules import NodeCtx, Rules
@@ -103,13 +107,13 @@ def _mask(ctx, scores, *operands):
 
 
 @ARRAY_RULES.register(Op.SOFTMAX)
-def _softmax(ctx, x):
-    return out(ctx, safe_softmax(ctx.state.xp, compute(ctx, x)))
+def _softmax(ctx, x, sinks=None):
+    return out(ctx, safe_softmax(ctx.state.xp, compute(ctx, x), None if sinks is None else compute(ctx, sinks, 1)))
 
 
 @ARRAY_RULES.register(Op.WEIGHTED_SUM)
 def _weighted_sum(ctx, p, v):
-    return out(ctx, grouped_matmul(ctx.state.xp, compute(ctx, p), compute(ctx, v, 1), False))
+    return out(ctx, grouped_matmul(ctx.state.xp, compute(ctx, p), compute(ctx, v, 1), False, skip_zero_weights=True))
 
 
 @ARRAY_RULES.register(Op.MERGE_HEADS)
@@ -126,8 +130,66 @@ def _attention(ctx, q, k, v, *operands):
     y, weights = chunked_attention(
         ctx.state.xp, q, k, v, named, scale=float(ctx.attr("scale")), softcap=float(ctx.attr("softcap")),
         return_weights=want, compute=ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype),
-        max_bytes=ctx.state.max_scores_bytes, device=ctx.state.device, **mask_args(ctx, named, q.shape[2]))
+        max_bytes=ctx.state.max_scores_bytes, device=ctx.state.device, biases=PositionBiases.of(ctx.node.attr_dict),
+        **mask_args(ctx, named, q.shape[2]))
     return (out(ctx, y), out(ctx, weights, 1)) if want else out(ctx, y)
+
+
+@ARRAY_RULES.register(Op.ROTARY)
+def _rotary(ctx, x, *operands):
+    xp, a = ctx.state.xp, ctx.node.attr_dict
+    rest = list(operands)
+    seq, rd = x.shape[2], int(a["rotary_dim"]) or x.shape[3]
+    if "positions" in a["operands"]:
+        positions = rest.pop(0)
+    else:
+        positions = xp.reshape(xp.arange(seq, device=ctx.state.device) + ctx.dim(a["offset"]), (1, seq))
+    cd = ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype)
+    if "cos_sin" in a["operands"]:
+        cos, sin = (xp.astype(xp.expand_dims(xp.take(c, xp.reshape(positions, (-1,)), axis=0), axis=1), cd)
+                    for c in rest)
+        shape = (positions.shape[0], 1, seq, rd // 2)
+        cos, sin = xp.reshape(cos, shape) * a["attention_scaling"], xp.reshape(sin, shape) * a["attention_scaling"]
+    else:
+        cos, sin = rotary_tables(xp, positions, a["inv_freq"], float(a["attention_scaling"]), cd, ctx.state.device)
+    return out(ctx, apply_rotary(xp, compute(ctx, x), cos, sin, a["layout"], rd))
+
+
+@ARRAY_RULES.register(Op.RMS_NORM)
+def _rms_norm(ctx, x, w):
+    return out(ctx, rms_norm(ctx.state.xp, compute(ctx, x), compute(ctx, w, 1), float(ctx.attr("eps")),
+                             bool(ctx.attr("add_one"))))
+
+
+def _distance(ctx, scores, operands) -> Any:
+    lengths = operands[-1] if ctx.attr("align") == "lengths" else None
+    offset = query_offset(ctx.dim(ctx.attr("offset")), ctx.attr("align"), lengths, scores.shape[2])
+    return key_distance(ctx.state.xp, 0, scores.shape[2], scores.shape[3], offset, ctx.state.device)
+
+
+@ARRAY_RULES.register(Op.ALIBI)
+def _alibi(ctx, scores, *operands):
+    s = compute(ctx, scores)
+    return out(ctx, s + alibi_bias(ctx.state.xp, ctx.attr("slopes"), _distance(ctx, scores, operands), s.dtype,
+                                   ctx.state.device))
+
+
+@ARRAY_RULES.register(Op.REL_BIAS)
+def _rel_bias(ctx, scores, table, *operands):
+    bias = relative_bias(ctx.state.xp, compute(ctx, table, 1), _distance(ctx, scores, operands),
+                         int(ctx.attr("num_buckets")), int(ctx.attr("max_distance")), bool(ctx.attr("bidirectional")))
+    return out(ctx, compute(ctx, scores) + bias)
+
+
+@ARRAY_RULES.register(Op.CACHE_UPDATE)
+def _cache_update(ctx, cache, new, lengths):
+    """Write the new entries into the cache's own buffer when the backend may (``cache_inplace``, the default,
+    and the buffer is writable), else into a copy: no step costs O(max_len) copies when done in place."""
+    xp = ctx.state.xp
+    writable = getattr(getattr(cache, "flags", None), "writeable", True)
+    target = cache if ctx.state.extra.get("cache_inplace", True) and writable else xp.asarray(cache, copy=True)
+    write_cache(xp, target, new, lengths, ctx.attr("mode"))
+    return target
 
 
 # ---- primitives ------------------------------------------------------------------------------------
@@ -162,14 +224,19 @@ def _elementwise(op: Op, name: str) -> None:
 for _op, _name in ((Op.NEG, "negative"), (Op.EXP, "exp"), (Op.LOG, "log"), (Op.TANH, "tanh"), (Op.SQRT, "sqrt"),
                    (Op.SIN, "sin"), (Op.COS, "cos"), (Op.ABS, "abs"), (Op.FLOOR, "floor"), (Op.ADD, "add"),
                    (Op.SUB, "subtract"), (Op.MUL, "multiply"), (Op.DIV, "divide"), (Op.MAXIMUM, "maximum"),
-                   (Op.MINIMUM, "minimum"), (Op.LESS, "less"), (Op.LESS_EQUAL, "less_equal"),
-                   (Op.EQUAL, "equal"), (Op.AND, "logical_and"), (Op.WHERE, "where")):
+                   (Op.MINIMUM, "minimum"), (Op.MOD, "remainder"), (Op.LESS, "less"), (Op.LESS_EQUAL, "less_equal"),
+                   (Op.EQUAL, "equal"), (Op.AND, "logical_and"), (Op.OR, "logical_or"),
+                   (Op.NOT, "logical_not"), (Op.WHERE, "where")):
     _elementwise(_op, _name)
 
 
 @ARRAY_RULES.register(Op.REDUCE_MAX)
 def _reduce_max(ctx, x):
-    return ctx.state.xp.max(x, axis=ctx.attr("axis"), keepdims=bool(ctx.attr("keepdims")))
+    xp, axis, keepdims = ctx.state.xp, ctx.attr("axis"), bool(ctx.attr("keepdims"))
+    if x.shape[axis] == 0:  # the maximum over nothing is -inf (the identity), as the semantics say
+        return xp.full(tuple(ctx.dim(d) for d in ctx.node.output.type.shape), -float("inf"), dtype=x.dtype,
+                       device=ctx.state.device)
+    return xp.max(x, axis=axis, keepdims=keepdims)
 
 
 @ARRAY_RULES.register(Op.REDUCE_SUM)

@@ -26,9 +26,6 @@ BACKEND_BUDGETS: dict[tuple[str, str], tuple[tuple[float, float], str]] = {}
 KNOWN_DEVIATIONS: list[tuple[str, str, str, str]] = [
     ("onnx/*_expanded", "*", "*", "the function-body expansion in primitive ops; from_onnx imports the Attention "
      "operator, not the primitive chain"),
-    ("onnx/*mask4d_padded_kv*", "*", "*", "attn_mask shorter than the total length (opset 24 pads it with "
-     "-inf); from_onnx refuses it"),
-    ("onnx/*_padded_kv_bf16*", "*", "*", "attn_mask shorter than the total length; from_onnx refuses it"),
     ("*", "onnx:attention*", "float64", "onnxruntime 1.31's Attention kernel in float64 returns NaN rows "
      "(fully masked and others) and the operator's float32 `scale` attribute costs ~3e-8 relative; "
      "style='auto' exports float64 graphs as 'decomposed' for these reasons"),

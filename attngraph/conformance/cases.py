@@ -24,13 +24,15 @@ SIZES = {"batch": 2, "q_len": 5, "kv_len": 7, "past_len": 3}
 
 def _graph_case(name: str, pins: str, make: Callable[[], Graph], sizes: dict | None = None,
                 edit: Callable[[dict], None] | None = None, seed: int = 0, dtype: str = "float32",
-                quick: bool = True) -> Case:
+                quick: bool = True, weight_scale: float = 1.0) -> Case:
     def build():
         g = make()
         inputs = random_inputs(g, {**SIZES, **(sizes or {})}, seed=seed)
         if edit:
             edit(inputs)
-        return g, dict(Weights.random(g, seed=seed)), inputs
+        weights = {k: (v.astype("float32") * weight_scale).astype(v.dtype)
+                   for k, v in Weights.random(g, seed=seed).items()}
+        return g, weights, inputs
     return Case(name, pins, build, dtype, quick)
 
 
@@ -65,6 +67,31 @@ def _all_masks_rows(kind: str) -> Callable[[dict], None]:
     def edit(inputs):
         inputs["attn_mask"][..., 1, :] = False if kind == "bool" else -np.inf
     return edit
+
+
+def _masked_tail(value: float) -> Callable[[dict], None]:
+    """Row 0 keeps 4 keys; keys 4.. of that row hold ``value`` in K and V."""
+    def edit(inputs):
+        inputs["key_lengths"][0] = 4
+        inputs["k"][0, :, 4:] = value
+        inputs["v"][0, :, 4:] = value
+    return edit
+
+
+def _masked_column(value: float) -> Callable[[dict], None]:
+    """Key 2 is masked out for batch row 0 and holds ``value`` in K and V there."""
+    def edit(inputs):
+        inputs["attn_mask"][:] = True
+        inputs["attn_mask"][0, ..., 2] = False
+        inputs["k"][0, :, 2] = value
+        inputs["v"][0, :, 2] = value
+    return edit
+
+
+def _nan_values_and_dead_row(inputs: dict) -> None:
+    """Every value is NaN and query row 1 masks every key: that row is 0, the others NaN."""
+    inputs["v"][:] = np.nan
+    inputs["attn_mask"][1, :] = False
 
 
 MASK_SHAPES = {
@@ -120,16 +147,121 @@ def named_cases() -> list[Case]:
         _core("causal_window", "causal plus a left window (local attention)", window=(2, 0), causal=True),
         _graph_case("self_attention_projections", "head split is head-major; Q/K/V/O projections with bias",
                     lambda: self_attention(16, 4, return_weights=True)),
+        _core("masked_key_nan_in_value_causal_future", "a masked key takes no part: NaN in the value of a key in "
+              "the causal future never reaches the output", causal=True, edit=_set("v", (slice(None), slice(None), 6),
+                                                                                     np.nan)),
+        _core("masked_key_inf_beyond_key_lengths", "a key past key_lengths takes no part: inf in its key and value",
+              key_padding=True, edit=_masked_tail(np.inf), return_weights=True),
+        _core("masked_key_nan_by_bool_mask", "a key masked by a bool mask takes no part: NaN in its key and value",
+              mask="bool", mask_shape=("batch", 1, 1, "kv_len"), edit=_masked_column(np.nan), return_weights=True),
+        _core("fully_masked_row_nan_in_value", "a fully masked row is exactly 0 even when V holds NaN",
+              mask="bool", edit=_nan_values_and_dead_row, return_weights=True),
+        _core("empty_kv_len", "no keys at all: every row is fully masked, so the output is 0 (weights are empty)",
+              sizes={"kv_len": 0}, return_weights=True),
+        _core("empty_q_len", "no queries: an empty output", causal=True, sizes={"q_len": 0}),
+        _core("empty_batch", "an empty batch: an empty output", mask="bool", sizes={"batch": 0}),
         _graph_case("clamp_qkv", "MPT's clip_qkv: projected Q, K, V clamped to [-c, c] (runs by decomposition)",
                     lambda: causal_self_attention(16, 4, num_kv_heads=2, clip_qkv=0.3)),
         _graph_case("score_stages", "every score stage (scaled, softcapped, masked, weights) as an output",
                     lambda: core_attention(4, 8, softcap=3.0, mask="bool",
                                               score_outputs=("scaled", "softcapped", "masked", "weights"))),
     ]
+    cases += position_cases() + cache_cases()
     for short, shape in MASK_SHAPES.items():
         cases.append(_core(f"mask_rank_{short}", f"a bool mask of shape {shape} broadcasts right-aligned",
                            mask="bool", mask_shape=shape))
     return cases
+
+
+def _self(name: str, pins: str, sizes: dict | None = None, edit=None, dtype: str = "float32", **knobs) -> Case:
+    """A causal self-attention case (d_model 24, 6 heads, 2 kv heads) with large weights, so softmax rows are
+    far from uniform and a wrong position encoding shows."""
+    def make():
+        return causal_self_attention(24, 6, **{"num_kv_heads": 2, "dtype": dtype, **knobs})
+    return _graph_case(name, pins, make, {"q_len": 6, "past_len": 5, "rope_positions": 64, **(sizes or {})}, edit,
+                       dtype=dtype, weight_scale=3.0)
+
+
+def _left_padded_positions(inputs: dict) -> None:
+    """Row 0 left-padded by 2 tokens: its positions start at 0 on its third token (the pads repeat 0)."""
+    inputs["position_ids"][:] = [[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+
+
+def _sinks_and_dead_row(inputs: dict) -> None:
+    inputs["attn_mask"][2, :] = False
+
+
+LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+          "original_max_position_embeddings": 8}
+
+
+def position_cases() -> list[Case]:
+    """Rotary, QK-norm, sinks, ALiBi and T5's relative bias, each with its trap."""
+    t5 = {"rel_bias": True, "rel_buckets": 32, "rel_max_distance": 128}
+    return [
+        _self("rotary_half", "rotary 'half': dim k pairs with k + rd/2 (rotate_half, Llama)", rotary="half"),
+        _self("rotary_interleaved", "rotary 'interleaved': dims (2k, 2k+1) pair (GPT-J); the classic silent "
+              "mismatch with 'half'", rotary="interleaved"),
+        _self("rotary_partial_dim", "partial rotary: the first rotary_dim dims rotate, the rest pass (NeoX 25%)",
+              rotary="half", rotary_dim=2, num_kv_heads=None),
+        _self("rotary_decode_at_cache_offset", "one-token decode: the query and new key rotate at position past_len",
+              {"q_len": 1, "past_len": 9}, rotary="half", kv_cache=True),
+        _self("rotary_position_ids_left_padding", "explicit position_ids (left padding) drive the angles",
+              edit=_left_padded_positions, rotary="half", position_ids=True),
+        _self("rotary_cos_sin_cache", "user cos/sin caches indexed by position (any scaling scheme)",
+              rotary="interleaved", rope_cache=True, kv_cache=True),
+        _self("rotary_llama3_scaling", "llama3 frequency scaling computed in the graph", rotary="half",
+              rope_theta=500000.0, rope_scaling=LLAMA3),
+        _self("qk_norm_float16", "QK-norm (RMSNorm per head, before rotary) in float32 for float16 storage",
+              dtype="float16", qk_norm="rms", rotary="half"),
+        _self("qk_norm_plus_one", "Gemma 3's QK-norm scales by (1 + w)", qk_norm="rms_plus_one", rotary="half"),
+        _self("sinks_fully_masked_row", "a sink takes all the mass of a fully masked row: the row is 0",
+              edit=_sinks_and_dead_row, sinks=True, mask="bool"),
+        _self("sinks_with_softcap", "sinks join the denominator after the softcap and a window", sinks=True,
+              softcap=2.0, window=(2, 0)),
+        _graph_case("alibi_12_heads", "ALiBi slopes for 12 heads (not a power of two), causal",
+                    lambda: causal_self_attention(48, 12, alibi="after_scale"), {"q_len": 7}, weight_scale=3.0),
+        _self("alibi_causal_window", "ALiBi with a causal sliding window", alibi="after_scale", window=(3, 0)),
+        _self("alibi_before_scale", "ALiBi added before the scale (Falcon) at a cache offset", alibi="before_scale",
+              kv_cache=True),
+        _graph_case("t5_buckets_at_edges", "T5 buckets at the bucket edges (8, 12, 16, 23, 32, 46, 64, 91) and past "
+                    "max_distance, both ways", lambda: self_attention(16, 4, bias=False, scale=1.0, **t5),
+                    {"q_len": 150}, weight_scale=3.0, quick=False),
+        _self("t5_causal_beyond_max_distance", "T5 decoder buckets (one way) with a cache past max_distance",
+              {"q_len": 3, "past_len": 140}, bias=False, scale=1.0, kv_cache=True, **t5),
+    ]
+
+
+def _cache_state(lengths: list[int], garbage: float = np.nan) -> Callable[[dict], None]:
+    """Rows hold ``lengths`` cached tokens; every slot past a row's length holds ``garbage`` (never read)."""
+    def edit(inputs):
+        inputs["cache_lengths"][:] = lengths
+        for b, n in enumerate(lengths):
+            if n < inputs["past_key"].shape[2]:
+                inputs["past_key"][b, :, n:] = garbage
+                inputs["past_value"][b, :, n:] = garbage
+    return edit
+
+
+def cache_cases() -> list[Case]:
+    """The static and the rolling KV cache: ragged rows, garbage past the valid length, full and wrapped."""
+    static = {"kv_cache": "static", "max_len": 16}
+    rolling = {"kv_cache": "rolling", "max_len": 8, "window": (7, 0)}
+    return [
+        _self("static_cache_ragged_decode", "one-token decode into a static cache, rows at different lengths; NaN "
+              "past each row's length never read; rotary at position len_b", {"q_len": 1},
+              _cache_state([3, 11]), rotary="half", **static),
+        _self("static_cache_chunked_prefill", "a 4-token chunk into a non-empty static cache: causal bottom-right "
+              "per row (offset len_b)", {"q_len": 4}, _cache_state([0, 9], np.inf), rotary="half", **static),
+        _self("static_cache_full", "a chunk that fills the static cache to its last slot", {"q_len": 3},
+              _cache_state([13, 13]), **static),
+        _self("static_cache_window_sinks_softcap", "a static cache with a sliding window, sinks and softcap",
+              {"q_len": 2}, _cache_state([6, 12]), window=(4, 0), sinks=True, softcap=3.0, **static),
+        _self("rolling_cache_decode_wrapped", "a rolling cache (circular writes) past its first wrap: the window's "
+              "keys only", {"q_len": 1}, _cache_state([20, 5]), rotary="half", **rolling),
+        _self("rolling_cache_prefill", "a prompt that fills an empty rolling cache", {"q_len": 8},
+              _cache_state([0, 0]), rotary="half", **rolling),
+    ]
 
 
 def edge_cases() -> list[Case]:

@@ -99,7 +99,8 @@ def run_case(case: Case, targets: Sequence[Target], budgets: dict | None = None)
             continue
         try:
             g = run_pipeline(graph, t.pipeline)
-            got = compile_graph(g, t.backend, weights=weights, **t.options)(inputs)
+            fresh = {name: np.array(a, copy=True) for name, a in inputs.items()}  # a backend may write its cache
+            got = compile_graph(g, t.backend, weights=weights, **t.options)(fresh)
         except AttnGraphError as e:  # a refusal by design (Unsupported) is skipped; any other error fails
             out.append(Result(case.name, t.label, "skipped" if isinstance(e, Unsupported) else "failed", None,
                               str(e).splitlines()[0], time.perf_counter() - start, case.dtype, case.pins))

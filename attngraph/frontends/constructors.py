@@ -1,141 +1,31 @@
 """High-level constructors: self-, cross-, causal and core-only attention as IR graphs.
 
-Every knob lives in one frozen ``AttentionConfig``; ``build_attention(config)`` lowers it to the
-primitive chain (linear, split_heads, [concat], matmul, scale, [softcap], [mask], softmax,
-weighted_sum, merge_heads, linear). Passes can then fuse it (``attngraph.passes``).
+Every knob lives in one frozen ``AttentionConfig`` (``attngraph.frontends.config``);
+``build_attention(config)`` lowers it to the primitive chain:
 
-Input names: ``x`` (self), ``query``/``key``/``value`` (cross), ``q``/``k``/``v`` (core);
-``attn_mask`` (bool: True = attend, or additive float), ``key_lengths`` (int64, one per batch),
-``past_key``/``past_value``. Outputs: ``y``, ``present_key``/``present_value`` with a cache, and
-the requested score stages ``qk_scaled``, ``qk_softcapped``, ``qk_masked``, ``attn_weights``.
-Symbolic dims: ``batch``, ``q_len``, ``kv_len`` (cross/core), ``past_len`` (with a cache).
+    linear -> [clamp] -> [rms_norm over the projection] -> split_heads -> [rms_norm per head] -> [rotary]
+    -> [concat with the cache] -> matmul -> [alibi] -> scale -> [softcap] -> [alibi] -> [rel_bias] -> [mask]
+    -> softmax(., [sinks]) -> weighted_sum -> merge_heads -> linear
+
+Passes can then fuse the core (``attngraph.passes``). Input names: ``x`` (self), ``query``/``key``/
+``value`` (cross), ``q``/``k``/``v`` (core); ``attn_mask`` (bool: True = attend, or additive float),
+``key_lengths`` (int64, one per batch row), ``position_ids`` (int64 (batch, q_len)), ``cos_cache``/
+``sin_cache`` ((rope_positions, rotary_dim / 2)), ``past_key``/``past_value``. Params: ``w_q`` ...
+``b_o`` (linear weights are (in, out)), ``q_norm``/``k_norm``, ``rel_table`` ((buckets, heads)),
+``sinks`` ((heads,)). Outputs: ``y``, ``present_key``/``present_value`` with a cache, and the requested
+score stages. Symbolic dims: ``batch``, ``q_len``, ``kv_len`` (cross/core), ``past_len`` (a cache).
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
-
 from attngraph.errors import ConfigError
+from attngraph.frontends.config import SCORE_STAGES, AttentionConfig
+from attngraph.frontends.positions import alibi_slopes, rope_frequencies
 from attngraph.ir import DType, Graph, Op, Value, dims
 from attngraph.ir.builder import GraphBuilder
 
-SCORE_STAGES = {"scaled": "qk_scaled", "softcapped": "qk_softcapped", "masked": "qk_masked", "weights": "attn_weights"}
-KINDS = ("self", "cross", "core")
-
-
-@dataclass(frozen=True)
-class AttentionConfig:
-    """Everything that shapes one attention graph. Validated on construction.
-
-    ``kind``: "self" (one input x), "cross" (query attends to separate key/value inputs of widths
-    ``kdim``/``vdim``) or "core" (already projected q/k/v in the ONNX ``Attention`` layouts,
-    ``layout`` "4d" = (B, H, S, D) or "3d" = (B, S, H*D)).
-    """
-
-    kind: str = "self"
-    num_heads: int = 1
-    d_model: int | None = None
-    num_kv_heads: int | None = None
-    head_dim: int | None = None
-    v_head_dim: int | None = None
-    kdim: int | None = None
-    vdim: int | None = None
-    bias: bool = True
-    causal: bool = False
-    window: tuple[int, int] | None = None
-    key_padding: bool = False
-    align_to_lengths: bool = False
-    mask: str | None = None
-    mask_shape: tuple[dims.Dim, ...] | None = None
-    scale: float | None = None
-    softcap: float | None = None
-    clip_qkv: float | None = None
-    kv_cache: bool = False
-    score_outputs: tuple[str, ...] = field(default=())
-    layout: str = "4d"
-    dtype: str = "float32"
-    name: str | None = None
-
-    def __post_init__(self) -> None:
-        _validate(self)
-
-    @property
-    def kv_heads(self) -> int:
-        return self.num_kv_heads or self.num_heads
-
-    @property
-    def qk_head_dim(self) -> int:
-        if self.head_dim:
-            return self.head_dim
-        return self.d_model // self.num_heads  # type: ignore[operator]
-
-    @property
-    def value_head_dim(self) -> int:
-        return self.v_head_dim or self.qk_head_dim
-
-    @property
-    def effective_scale(self) -> float:
-        return float(self.scale) if self.scale is not None else 1.0 / math.sqrt(self.qk_head_dim)
-
-    @property
-    def has_mask(self) -> bool:
-        return bool(self.causal or self.window or self.key_padding or self.mask)
-
-    def with_(self, **changes) -> AttentionConfig:
-        """A copy with some fields changed (validated again)."""
-        return replace(self, **changes)
-
-
-def _validate(c: AttentionConfig) -> None:
-    def fail(msg: str) -> None:
-        raise ConfigError(msg)
-
-    if c.kind not in KINDS:
-        fail(f"kind={c.kind!r} is unknown; choose one of {KINDS}")
-    if not isinstance(c.num_heads, int) or c.num_heads <= 0:
-        fail(f"num_heads must be a positive int, got {c.num_heads!r}")
-    if c.kind != "core":
-        if not c.d_model or c.d_model <= 0:
-            fail(f"{c.kind}-attention needs d_model > 0, got {c.d_model!r}")
-        if not c.head_dim and c.d_model % c.num_heads:
-            fail(f"num_heads={c.num_heads} does not divide d_model={c.d_model}: "
-                 "pick num_heads that divides d_model, or set head_dim explicitly")
-    elif not c.head_dim:
-        fail("core attention needs head_dim (the size of one Q/K head)")
-    if c.layout not in ("4d", "3d"):
-        fail(f"layout={c.layout!r} is unknown; choose '4d' (B,H,S,D) or '3d' (B,S,H*D)")
-    if c.num_kv_heads is not None and (c.num_kv_heads <= 0 or c.num_heads % c.num_kv_heads):
-        fail(f"num_heads={c.num_heads} must be a multiple of num_kv_heads={c.num_kv_heads} "
-             "(GQA: q head h uses kv head h // (num_heads / num_kv_heads))")
-    if c.kind == "self" and (c.kdim or c.vdim):
-        fail("kdim/vdim apply to cross attention only; use kind='cross'")
-    if c.mask not in (None, "bool", "additive"):
-        hint = " (integer masks are rejected: ONNX adds them; use 'bool')" if "int" in str(c.mask) else ""
-        fail(f"mask={c.mask!r} is unknown; choose None, 'bool' (True = attend) or 'additive'{hint}")
-    if c.mask_shape is not None and not c.mask:
-        fail("mask_shape is set but mask is None; set mask='bool' or 'additive'")
-    if c.window is not None and (len(c.window) != 2 or any(int(w) < -1 for w in c.window)):
-        fail(f"window must be (left, right) with each -1 (unbounded) or >= 0, got {c.window!r}")
-    if c.align_to_lengths and (not c.key_padding or c.kv_cache):
-        fail("align_to_lengths puts each batch row's queries at the end of its key_lengths: it needs "
-             "key_padding=True and no kv_cache")
-    if c.softcap is not None and not c.softcap > 0:
-        fail(f"softcap must be > 0 (or None for off), got {c.softcap!r}")
-    if c.clip_qkv is not None and not (math.isfinite(c.clip_qkv) and c.clip_qkv > 0):
-        fail(f"clip_qkv must be a finite number > 0 (or None for off), got {c.clip_qkv!r}")
-    if c.scale is not None and not math.isfinite(c.scale):
-        fail(f"scale must be a finite float, got {c.scale!r}")
-    unknown = set(c.score_outputs) - set(SCORE_STAGES)
-    if unknown:
-        fail(f"score_outputs {sorted(unknown)} unknown; choose from {sorted(SCORE_STAGES)}")
-    if "softcapped" in c.score_outputs and not c.softcap:
-        fail("score_outputs asks for 'softcapped' but softcap is off; set softcap or ask for 'scaled'")
-    if "masked" in c.score_outputs and not c.has_mask:
-        fail("score_outputs asks for 'masked' but the graph has no mask; ask for 'scaled' instead")
-    dtype = DType.parse(c.dtype)
-    if not dtype.is_float:
-        fail(f"dtype must be a float type, got {c.dtype!r}")
+__all__ = ["SCORE_STAGES", "AttentionConfig", "build_attention", "causal_self_attention", "core_attention",
+           "cross_attention", "self_attention"]
 
 
 def build_attention(config: AttentionConfig) -> Graph:
@@ -143,29 +33,32 @@ def build_attention(config: AttentionConfig) -> Graph:
     c = config
     b = GraphBuilder(c.name or f"{'causal_' if c.causal and c.kind == 'self' else ''}{c.kind}_attention")
     dt = DType.parse(c.dtype)
-    hq, hkv, d, dv = c.num_heads, c.kv_heads, c.qk_head_dim, c.value_head_dim
+    hkv, d, dv = c.kv_heads, c.qk_head_dim, c.value_head_dim
     kv_len = "q_len" if c.kind == "self" else "kv_len"
     q, k, v = _project_inputs(b, c, dt, kv_len)
-    outputs: list[Value] = []
-    if c.kv_cache:
+    q, k = _normalise_heads(b, c, dt, q, k)
+    cache_lengths = b.input("cache_lengths", DType.INT64, ("batch",)) if c.cache in ("static", "rolling") else None
+    q, k = _rotate(b, c, dt, q, k, cache_lengths)
+    mask_inputs = {}
+    if c.cache == "concat":
         past_k = b.input("past_key", dt, ("batch", hkv, "past_len", d))
         past_v = b.input("past_value", dt, ("batch", hkv, "past_len", dv))
         k = b.op(Op.CONCAT, past_k, k, axis=2, name="present_key")
         v = b.op(Op.CONCAT, past_v, v, axis=2, name="present_value")
-    kv_total = dims.add("past_len", kv_len) if c.kv_cache else kv_len
-    scores = b.op(Op.MATMUL, q, k, transpose_b=True, name="scores")
-    scores = b.op(Op.SCALE, scores, value=c.effective_scale, name="qk_scaled")
-    stages = {"scaled": scores}
-    if c.softcap:
-        scores = stages["softcapped"] = b.op(Op.SOFTCAP, scores, cap=float(c.softcap), name="qk_softcapped")
+    elif cache_lengths is not None:
+        k, v, mask_inputs["lengths"] = _write_cache(b, c, dt, k, v, cache_lengths)
+    kv_total = dims.add("past_len", kv_len) if c.cache == "concat" else kv_len
+    mask_inputs.update(_mask_inputs(b, c, dt, kv_total))
+    stages: dict[str, Value] = {}
+    scores = _scores(b, c, dt, q, k, mask_inputs, stages)
     if c.has_mask:
-        scores = stages["masked"] = _mask(b, c, dt, scores, kv_total)
-    probs = stages["weights"] = b.op(Op.SOFTMAX, scores, name="attn_weights")
+        scores = stages["masked"] = _mask(b, c, scores, mask_inputs)
+    sinks = (b.param("sinks", dt, (c.num_heads,)),) if c.sinks else ()
+    probs = stages["weights"] = b.op(Op.SOFTMAX, scores, *sinks, name="attn_weights")
     core4d = c.kind == "core" and c.layout == "4d"
     ctx = b.op(Op.WEIGHTED_SUM, probs, v, name="y" if core4d else "context")
-    y = _project_output(b, c, dt, ctx, hq * dv)
-    outputs.append(y)
-    if c.kv_cache:
+    outputs = [_project_output(b, c, dt, ctx, c.num_heads * dv)]
+    if c.cache:
         outputs += [k, v]
     outputs += [stages[s] for s in SCORE_STAGES if s in c.score_outputs]
     return b.build(outputs)
@@ -173,11 +66,12 @@ def build_attention(config: AttentionConfig) -> Graph:
 
 def _linear(b: GraphBuilder, c: AttentionConfig, dt: DType, x: Value, tag: str, n_in: int, n_out: int, name: str):
     w = b.param(f"w_{tag}", dt, (n_in, n_out))
-    args = (x, w, b.param(f"b_{tag}", dt, (n_out,))) if c.bias else (x, w)
+    args = (x, w, b.param(f"b_{tag}", dt, (n_out,))) if c.has_bias(tag) else (x, w)
     return b.op(Op.LINEAR, *args, name=name)
 
 
 def _project_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_len: str):
+    """Q, K, V as (B, H, S, D): the inputs (core) or their projections, clamped and split into heads."""
     hq, hkv, d, dv = c.num_heads, c.kv_heads, c.qk_head_dim, c.value_head_dim
     if c.kind == "core" and c.layout == "4d":
         return _clamped(b, c, (b.input("q", dt, ("batch", hq, "q_len", d)), b.input("k", dt, ("batch", hkv, kv_len, d)),
@@ -200,6 +94,9 @@ def _project_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_len: str)
         k = _linear(b, c, dt, xk, "k", kdim, hkv * d, "k")
         v = _linear(b, c, dt, xv, "v", vdim, hkv * dv, "v")
     q, k, v = _clamped(b, c, (q, k, v))
+    if c.qk_norm == "rms_full":  # OLMo 2: one RMSNorm over the whole projection, before the head split
+        q = b.op(Op.RMS_NORM, q, b.param("q_norm", dt, (hq * d,)), eps=float(c.qk_norm_eps), name="q_normed")
+        k = b.op(Op.RMS_NORM, k, b.param("k_norm", dt, (hkv * d,)), eps=float(c.qk_norm_eps), name="k_normed")
     return (b.op(Op.SPLIT_HEADS, q, heads=hq, name="qh"), b.op(Op.SPLIT_HEADS, k, heads=hkv, name="kh"),
             b.op(Op.SPLIT_HEADS, v, heads=hkv, name="vh"))
 
@@ -212,20 +109,107 @@ def _clamped(b: GraphBuilder, c: AttentionConfig, qkv: tuple[Value, Value, Value
     return tuple(b.op(Op.CLAMP, t, low=low, high=high, name=f"{t.name}_clamped") for t in qkv)
 
 
-def _mask(b: GraphBuilder, c: AttentionConfig, dt: DType, scores: Value, kv_total: dims.Dim) -> Value:
+def _normalise_heads(b: GraphBuilder, c: AttentionConfig, dt: DType, q: Value, k: Value) -> tuple[Value, Value]:
+    """QK-norm (Qwen3, Gemma 3): RMSNorm over each head's dims of Q and K, one weight shared by the heads."""
+    if c.qk_norm not in ("rms", "rms_plus_one"):
+        return q, k
+    plus_one = c.qk_norm == "rms_plus_one"
+    eps = float(c.qk_norm_eps)
+    q = b.op(Op.RMS_NORM, q, b.param("q_norm", dt, (c.qk_head_dim,)), eps=eps, add_one=plus_one, name="q_normed")
+    k = b.op(Op.RMS_NORM, k, b.param("k_norm", dt, (c.qk_head_dim,)), eps=eps, add_one=plus_one, name="k_normed")
+    return q, k
+
+
+def _rotate(b: GraphBuilder, c: AttentionConfig, dt: DType, q: Value, k: Value,
+            cache_lengths: Value | None) -> tuple[Value, Value]:
+    """Rotary embeddings on Q and the new K (before the cache: cached keys are stored rotated). Token i sits
+    at position ``past_len + i`` (concat cache), ``cache_lengths[b] + i`` (static cache) or ``position_ids``."""
+    if not c.rotary:
+        return q, k
+    rd = c.effective_rotary_dim
     operands, kinds = [], []
+    if c.position_ids:
+        operands.append(b.input("position_ids", DType.INT64, ("batch", "q_len")))
+        kinds.append("positions")
+    elif cache_lengths is not None:  # each row's tokens continue from its own cached length
+        steps = b.op(Op.RESHAPE, b.op(Op.IOTA, length="q_len"), shape=(1, "q_len"), name="token_steps")
+        starts = b.op(Op.RESHAPE, cache_lengths, shape=("batch", 1), name="row_starts")
+        operands.append(b.op(Op.ADD, starts, steps, name="positions"))
+        kinds.append("positions")
+    attrs = {"layout": c.rotary, "rotary_dim": rd, "offset": "past_len" if c.cache == "concat" else 0}
+    if c.rope_cache:
+        operands += [b.input("cos_cache", dt, ("rope_positions", rd // 2)),
+                     b.input("sin_cache", dt, ("rope_positions", rd // 2))]
+        kinds.append("cos_sin")
+    else:
+        freqs, scaling = rope_frequencies(rd, c.rope_theta, c.rope_scaling)
+        attrs.update(inv_freq=freqs, attention_scaling=scaling)
+    q = b.op(Op.ROTARY, q, *operands, operands=tuple(kinds), name="q_rotated", **attrs)
+    k = b.op(Op.ROTARY, k, *operands, operands=tuple(kinds), name="k_rotated", **attrs)
+    return q, k
+
+
+def _write_cache(b: GraphBuilder, c: AttentionConfig, dt: DType, k: Value, v: Value, lengths: Value):
+    """The static (or rolling) cache: the new keys and values written into fixed buffers at each row's
+    ``cache_lengths``; attention then reads keys [0, lengths + q_len) of the buffer (all of a full rolling one)."""
+    shape = ("batch", c.kv_heads, int(c.max_len))
+    past_k = b.input("past_key", dt, shape + (c.qk_head_dim,))
+    past_v = b.input("past_value", dt, shape + (c.value_head_dim,))
+    mode = "linear" if c.cache == "static" else "circular"
+    k = b.op(Op.CACHE_UPDATE, past_k, k, lengths, mode=mode, name="present_key")
+    v = b.op(Op.CACHE_UPDATE, past_v, v, lengths, mode=mode, name="present_value")
+    total = b.op(Op.ADD, lengths, b.op(Op.CONST, value="q_len", dtype="int64", name="new_tokens"), name="kv_lengths")
+    if c.cache == "rolling":
+        total = b.op(Op.MINIMUM, total, b.op(Op.CONST, value=int(c.max_len), dtype="int64", name="max_len"),
+                     name="kv_lengths_held")
+    return k, v, total
+
+
+def _mask_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_total: dims.Dim) -> dict[str, Value]:
+    """The mask's operands, declared as graph inputs: ``attn_mask`` (bool or bias) and ``key_lengths``."""
+    found = {}
     if c.mask:
         shape = c.mask_shape if c.mask_shape is not None else ("q_len", kv_total)
         kind = "bool" if c.mask == "bool" else "bias"
-        operands.append(b.input("attn_mask", DType.BOOL if kind == "bool" else dt, shape))
-        kinds.append(kind)
+        found[kind] = b.input("attn_mask", DType.BOOL if kind == "bool" else dt, shape)
     if c.key_padding:
-        operands.append(b.input("key_lengths", DType.INT64, ("batch",)))
-        kinds.append("lengths")
+        found["lengths"] = b.input("key_lengths", DType.INT64, ("batch",))
+    return found
+
+
+def _placement(c: AttentionConfig, mask_inputs: dict[str, Value]) -> tuple[dict, tuple[Value, ...]]:
+    """Where the queries sit, for the mask and the position biases alike: attributes and extra input."""
+    if c.align_to_lengths or c.cache in ("static", "rolling"):  # queries end each row's valid keys
+        return {"offset": 0, "align": "lengths"}, (mask_inputs["lengths"],)
+    return {"offset": "past_len" if c.cache == "concat" else 0, "align": "start"}, ()
+
+
+def _scores(b: GraphBuilder, c: AttentionConfig, dt: DType, q: Value, k: Value, mask_inputs: dict[str, Value],
+            stages: dict[str, Value]) -> Value:
+    """Q.K^T, scaled, soft-capped and biased by position (ALiBi, T5), in the IR's order."""
+    where, lengths = _placement(c, mask_inputs)
+    slopes = tuple(c.alibi_slopes) if c.alibi_slopes else alibi_slopes(c.num_heads)
+    scores = b.op(Op.MATMUL, q, k, transpose_b=True, name="scores")
+    if c.alibi == "before_scale":  # Falcon: (q.k + alibi) * scale
+        scores = b.op(Op.ALIBI, scores, *lengths, slopes=slopes, name="qk_alibi", **where)
+    scores = stages["scaled"] = b.op(Op.SCALE, scores, value=c.effective_scale, name="qk_scaled")
+    if c.softcap:
+        scores = stages["softcapped"] = b.op(Op.SOFTCAP, scores, cap=float(c.softcap), name="qk_softcapped")
+    if c.alibi == "after_scale":  # Bloom, MPT: q.k * scale + alibi
+        scores = b.op(Op.ALIBI, scores, *lengths, slopes=slopes, name="qk_alibi", **where)
+    if c.rel_bias:
+        table = b.param("rel_table", dt, (c.rel_buckets, c.num_heads))
+        scores = b.op(Op.REL_BIAS, scores, table, *lengths, num_buckets=c.rel_buckets,
+                      max_distance=c.rel_max_distance, bidirectional=c.relative_bidirectional, name="qk_rel", **where)
+    return scores
+
+
+def _mask(b: GraphBuilder, c: AttentionConfig, scores: Value, mask_inputs: dict[str, Value]) -> Value:
+    kinds = tuple(k for k in ("bool", "bias", "lengths") if k in mask_inputs)
+    where, _ = _placement(c, mask_inputs)
     left, right = c.window if c.window else (-1, -1)
-    return b.op(Op.MASK, scores, *operands, causal=c.causal, offset="past_len" if c.kv_cache else 0,
-                align="lengths" if c.align_to_lengths else "start",
-                window_left=int(left), window_right=int(right), operands=tuple(kinds), name="qk_masked")
+    return b.op(Op.MASK, scores, *(mask_inputs[k] for k in kinds), causal=c.causal, window_left=int(left),
+                window_right=int(right), operands=kinds, name="qk_masked", **where)
 
 
 def _project_output(b: GraphBuilder, c: AttentionConfig, dt: DType, ctx: Value, width: int) -> Value:

@@ -6,6 +6,8 @@ raises ``GraphError`` with a plain description of the mismatch (the verifier add
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,13 +30,43 @@ MASK_OPERANDS = ("bool", "bias", "lengths")  # the order mask operands appear in
 # align "start": query i sits at key position i + offset (one offset for the batch).
 # align "lengths": query i of batch row b sits at i + lengths[b] - q_len, i.e. the queries are the last
 # q_len of that row's valid keys (ONNX's nonpad_kv_seqlen; decoding a padded batch).
+# the fused op's operands: the mask's, then T5's bucket table (rel_buckets, Hq) and the sinks (Hq,)
+ATTENTION_OPERANDS = MASK_OPERANDS + ("rel_table", "sinks")
+# the fused op's position biases: ALiBi (slopes per q head; added before the scale, or after the softcap)
+# and T5's relative bias (added with ALiBi, after the softcap); both at query positions like the mask's
+POSITION_BIAS_ATTRS: dict[str, Any] = {"alibi_slopes": (), "alibi_before_scale": False, "rel_buckets": 0,
+                                       "rel_max_distance": 128, "rel_bidirectional": True}
 MASK_ATTRS: dict[str, Any] = {
     "causal": False, "offset": 0, "window_left": -1, "window_right": -1, "operands": (), "align": "start",
 }
 
+def _int_attr(a: dict[str, Attr], name: str, op: str) -> int:
+    """An int attribute (NumPy ints too; a bool or a float is a mistake, not an int)."""
+    v = a[name]
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise GraphError(f"{op} {name} must be an int, got {v!r}")
+    return int(v)
+
+
+def _finite_attr(a: dict[str, Attr], name: str, op: str) -> float:
+    """A finite float attribute: a NaN or infinite scale, cap or bound makes every output NaN or meaningless."""
+    v = a[name]
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        raise GraphError(f"{op} {name} must be a number, got {v!r}")
+    try:
+        x = float(v)
+    except OverflowError:  # an int too large for a float
+        x = math.inf
+    if not math.isfinite(x):
+        raise GraphError(f"{op} {name} must be a finite number, got {v!r}")
+    return x
+
+
 def _linear(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     x, w = ts[0], ts[1]
     need_float(x, "linear input")
+    if x.rank < 1:
+        raise GraphError(f"linear input must have rank >= 1 (..., in), got {x}")
     need_rank(w, 2, "linear weight", "(in, out)")
     if w.dtype != x.dtype:
         raise GraphError(f"linear weight dtype {w.dtype} differs from input dtype {x.dtype}")
@@ -50,7 +82,7 @@ def _linear(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, .
 def _split_heads(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     (x,) = ts
     need_rank(x, 3, "split_heads input", "(batch, seq, heads*head_dim)")
-    hidden, heads = need_static(x.shape[2], "hidden size"), int(a["heads"])
+    hidden, heads = need_static(x.shape[2], "hidden size"), _int_attr(a, "heads", "split_heads")
     if heads <= 0 or hidden % heads:
         raise GraphError(f"split_heads: heads={heads} does not divide hidden size {hidden}")
     return (TensorType(x.dtype, (x.shape[0], heads, x.shape[1], hidden // heads)),)
@@ -58,7 +90,7 @@ def _split_heads(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorTy
 
 def _concat(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     first = ts[0]
-    axis = axis_index(first.rank, int(a["axis"]))
+    axis = axis_index(first.rank, _int_attr(a, "axis", "concat"))
     total: dims.Dim = 0
     for t in ts:
         if t.dtype != first.dtype or t.rank != first.rank:
@@ -73,8 +105,10 @@ def _concat(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, .
 
 def _split(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     (x,) = ts
-    axis = axis_index(x.rank, int(a["axis"]))
-    sizes = tuple(int(s) for s in a["sizes"])
+    axis = axis_index(x.rank, _int_attr(a, "axis", "split"))
+    if not isinstance(a["sizes"], tuple) or not a["sizes"]:
+        raise GraphError(f"split sizes must be a list of ints, got {a['sizes']!r}")
+    sizes = tuple(_int_attr({"sizes": s}, "sizes", "split") for s in a["sizes"])
     length = need_static(x.shape[axis], "split axis length")
     if sum(sizes) != length or any(s <= 0 for s in sizes):
         raise GraphError(f"split sizes {sizes} must be positive and sum to {length}")
@@ -106,14 +140,18 @@ def _matmul(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, .
 def _elementwise(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     (x,) = ts
     need_float(x, "input")
-    if "cap" in a and not float(a["cap"]) > 0:
+    if "value" in a:
+        _finite_attr(a, "value", "scale")
+    if "cap" in a and not _finite_attr(a, "cap", "softcap") > 0:
         raise GraphError(f"softcap cap must be > 0, got {a['cap']}")
     return (x,)
 
 
 def check_mask_operands(scores: TensorType, operands: Sequence[TensorType], a: dict[str, Attr]) -> None:
     """Check the mask attributes and each mask operand against the scores ``(B, Hq, Sq, Skv)``."""
-    kinds = tuple(a["operands"])
+    kinds = a["operands"]
+    if not isinstance(kinds, tuple) or not all(isinstance(k, str) for k in kinds):
+        raise GraphError(f"mask operands must be a list of names from {MASK_OPERANDS}, got {kinds!r}")
     if list(kinds) != [k for k in MASK_OPERANDS if k in kinds] or len(set(kinds)) != len(kinds):
         raise GraphError(f"mask operands {kinds} must be a subset of {MASK_OPERANDS} in that order")
     if len(kinds) != len(operands):
@@ -124,7 +162,7 @@ def check_mask_operands(scores: TensorType, operands: Sequence[TensorType], a: d
         raise GraphError("align='lengths' places queries at the end of each row's key lengths: it needs a "
                          "'lengths' operand and offset 0")
     for name in ("window_left", "window_right"):
-        if int(a[name]) < -1:
+        if _int_attr(a, name, "mask") < -1:
             raise GraphError(f"{name} must be -1 (unbounded) or >= 0, got {a[name]}")
     dims.canonical(a["offset"])
     for kind, t in zip(kinds, operands):
@@ -160,7 +198,17 @@ def _mask(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...
 
 
 def _softmax(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
-    return _elementwise(ts, a)
+    """softmax(x[, sinks]): a sink is one logit per head (x's axis 1) in the denominator, with no value."""
+    if len(ts) == 2:
+        need_rank(ts[0], 4, "softmax scores with sinks", "(batch, heads, q_len, kv_len)")
+        _need_per_head(ts[1], ts[0].shape[1], "softmax sinks")
+    return _elementwise(ts[:1], a)
+
+
+def _need_per_head(t: TensorType, heads: dims.Dim, what: str) -> None:
+    need_float(t, what)
+    if t.rank != 1 or not same(t.shape[0], heads):
+        raise GraphError(f"{what} must be one value per head, ({heads},), got {t}")
 
 
 def _weighted_sum(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
@@ -185,16 +233,43 @@ def _attention(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType
     (scores,) = _matmul((q, k), {"transpose_b": True})
     if not same(k.shape[2], v.shape[2]) or k.shape[1] != v.shape[1]:
         raise GraphError(f"attention k and v must share heads and length: {k} vs {v}")
-    if float(a["softcap"]) < 0:
+    _finite_attr(a, "scale", "attention")
+    if _finite_attr(a, "softcap", "attention") < 0:
         raise GraphError(f"softcap must be >= 0 (0 = off), got {a['softcap']}")
-    check_mask_operands(scores, ts[3:], a)
+    kinds = tuple(a["operands"])
+    n_mask = len([k for k in kinds if k in MASK_OPERANDS])
+    if list(kinds) != [k for k in ATTENTION_OPERANDS if k in kinds] or len(set(kinds)) != len(kinds):
+        raise GraphError(f"attention operands {kinds} must be a subset of {ATTENTION_OPERANDS} in that order")
+    if len(kinds) != len(ts) - 3:
+        raise GraphError(f"attention lists operands {kinds} but has {len(ts) - 3} operand inputs")
+    check_mask_operands(scores, ts[3:3 + n_mask], {**a, "operands": kinds[:n_mask]})
+    extra = dict(zip(kinds[n_mask:], ts[3 + n_mask:], strict=True))
+    _check_position_biases(scores, extra, a)
     y = TensorType(q.dtype, q.shape[:3] + (v.shape[3],))
     return (y, scores) if a["return_weights"] else (y,)
+
+
+def _check_position_biases(scores: TensorType, extra: dict[str, TensorType], a: dict[str, Attr]) -> None:
+    """ALiBi slopes, the T5 table and the sinks of a fused attention node, one per q head."""
+    heads = scores.shape[1]
+    if "sinks" in extra:
+        _need_per_head(extra["sinks"], heads, "attention sinks")
+    slopes = tuple(a["alibi_slopes"])
+    if slopes and len(slopes) != need_static(heads, "heads"):
+        raise GraphError(f"attention has {len(slopes)} ALiBi slopes for {heads} heads")
+    buckets = int(a["rel_buckets"])
+    if (buckets > 0) != ("rel_table" in extra):
+        raise GraphError("attention rel_buckets > 0 and a 'rel_table' operand come together")
+    if "rel_table" in extra:
+        t = extra["rel_table"]
+        need_float(t, "attention relative-bias table")
+        if t.rank != 2 or not same(t.shape[0], buckets) or not same(t.shape[1], heads):
+            raise GraphError(f"attention relative-bias table must be ({buckets}, {heads}), got {t}")
 
 def _clamp(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorType, ...]:
     (x,) = ts
     need_float(x, "clamp input")
-    low, high = float(a["low"]), float(a["high"])
+    low, high = _finite_attr(a, "low", "clamp"), _finite_attr(a, "high", "clamp")
     if not low <= high:
         raise GraphError(f"clamp needs low <= high, got low={low}, high={high}")
     return (x,)
@@ -209,10 +284,10 @@ ATTENTION_SPECS: dict[Op, OpSpec] = {
     Op.SCALE: OpSpec(1, 1, {"value": REQUIRED}, _elementwise),
     Op.SOFTCAP: OpSpec(1, 1, {"cap": REQUIRED}, _elementwise),
     Op.MASK: OpSpec(1, 4, dict(MASK_ATTRS), _mask),
-    Op.SOFTMAX: OpSpec(1, 1, {}, _softmax),
+    Op.SOFTMAX: OpSpec(1, 2, {}, _softmax),
     Op.WEIGHTED_SUM: OpSpec(2, 2, {}, _weighted_sum),
     Op.MERGE_HEADS: OpSpec(1, 1, {}, _merge_heads),
     Op.CLAMP: OpSpec(1, 1, {"low": REQUIRED, "high": REQUIRED}, _clamp),
-    Op.ATTENTION: OpSpec(3, 6, {"scale": REQUIRED, "softcap": 0.0, "return_weights": False, **MASK_ATTRS},
-                         _attention),
+    Op.ATTENTION: OpSpec(3, 8, {"scale": REQUIRED, "softcap": 0.0, "return_weights": False, **MASK_ATTRS,
+                                **POSITION_BIAS_ATTRS}, _attention),
 }

@@ -34,6 +34,13 @@ class Op(enum.StrEnum):
     WEIGHTED_SUM = "weighted_sum"  # probs (B, Hq, Sq, Skv) @ v (B, Hkv, Skv, Dv) with GQA grouping
     MERGE_HEADS = "merge_heads"    # (B, H, S, D) -> (B, S, H*D), the head concat
     CLAMP = "clamp"                # min(max(x, low), high); MPT's clip_qkv; attrs: low, high
+    # ---- attention ops: positions and normalisation
+    ROTARY = "rotary"              # rotary embedding of (B, H, S, D) at positions; see position_specs
+    RMS_NORM = "rms_norm"          # x / sqrt(mean(x^2) + eps) * w (or * (1 + w)) over the last axis (QK-norm)
+    ALIBI = "alibi"                # scores + slope_h * (j - pos_i); attrs: slopes, offset, align
+    REL_BIAS = "rel_bias"          # scores + table[bucket(j - pos_i), h] (T5); attrs: num_buckets, max_distance, ...
+    # ---- attention ops: the static KV cache
+    CACHE_UPDATE = "cache_update"  # cache (B,H,M,D) with new (B,H,S,D) written at [len_b, len_b+S); attrs: mode
     # ---- attention ops: fused
     ATTENTION = "attention"        # the whole core in one op; created by passes.fuse_attention
     # ---- primitives: values
@@ -56,10 +63,13 @@ class Op(enum.StrEnum):
     DIV = "div"
     MAXIMUM = "maximum"
     MINIMUM = "minimum"
+    MOD = "mod"                    # integer floor modulo (the divisor's sign, as Python and ONNX Mod(fmod=0))
     LESS = "less"
     LESS_EQUAL = "less_equal"
     EQUAL = "equal"
     AND = "and"
+    OR = "or"
+    NOT = "not"
     WHERE = "where"                # where(cond, a, b)
     # ---- primitives: reductions, contraction, layout
     REDUCE_MAX = "reduce_max"      # attrs: axis, keepdims; NaN propagates
@@ -72,10 +82,10 @@ class Op(enum.StrEnum):
 
 
 UNARY = frozenset({Op.NEG, Op.EXP, Op.LOG, Op.TANH, Op.SQRT, Op.SIN, Op.COS, Op.ABS, Op.FLOOR})
-BINARY_ARITHMETIC = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM})
+BINARY_ARITHMETIC = frozenset({Op.ADD, Op.SUB, Op.MUL, Op.DIV, Op.MAXIMUM, Op.MINIMUM, Op.MOD})
 COMPARISON = frozenset({Op.LESS, Op.LESS_EQUAL, Op.EQUAL})
-BINARY = BINARY_ARITHMETIC | COMPARISON | {Op.AND}
-PRIMITIVES = frozenset({Op.CONST, Op.IOTA, Op.CAST, Op.WHERE, Op.REDUCE_MAX, Op.REDUCE_SUM, Op.DOT, Op.RESHAPE,
+BINARY = BINARY_ARITHMETIC | COMPARISON | {Op.AND, Op.OR}
+PRIMITIVES = frozenset({Op.CONST, Op.IOTA, Op.CAST, Op.NOT, Op.WHERE, Op.REDUCE_MAX, Op.REDUCE_SUM, Op.DOT, Op.RESHAPE,
                         Op.TRANSPOSE, Op.SLICE, Op.GATHER, Op.CONCAT, Op.SPLIT}) | UNARY | BINARY
 # the ops between the Q.K product and the softmax: what fuse_attention folds into one node
-SCORE_OPS = frozenset({Op.SCALE, Op.SOFTCAP, Op.MASK})
+SCORE_OPS = frozenset({Op.SCALE, Op.SOFTCAP, Op.MASK, Op.ALIBI, Op.REL_BIAS})

@@ -73,15 +73,21 @@ def _arithmetic(ts: TS, a: dict[str, Attr]) -> Out:
     return (TensorType(dtype, broadcast([t.shape for t in ts], "elementwise op")),)
 
 
+def _integer_arithmetic(ts: TS, a: dict[str, Attr]) -> Out:
+    if _same_dtype(ts, "mod") not in INT_DTYPES:
+        raise GraphError(f"mod takes int32/int64 tensors, got {', '.join(str(t) for t in ts)}")
+    return _arithmetic(ts, a)
+
+
 def _compare(ts: TS, a: dict[str, Attr]) -> Out:
     _same_dtype(ts, "comparison")
     return (TensorType(DType.BOOL, broadcast([t.shape for t in ts], "comparison")),)
 
 
-def _and(ts: TS, a: dict[str, Attr]) -> Out:
+def _logical(ts: TS, a: dict[str, Attr]) -> Out:
     if any(t.dtype is not DType.BOOL for t in ts):
-        raise GraphError(f"'and' takes bool tensors, got {', '.join(str(t) for t in ts)}")
-    return (TensorType(DType.BOOL, broadcast([t.shape for t in ts], "'and'")),)
+        raise GraphError(f"logical ops take bool tensors, got {', '.join(str(t) for t in ts)}")
+    return (TensorType(DType.BOOL, broadcast([t.shape for t in ts], "logical op")),)
 
 
 def _where(ts: TS, a: dict[str, Attr]) -> Out:
@@ -166,9 +172,12 @@ PRIMITIVE_SPECS: dict[Op, OpSpec] = {
     Op.IOTA: OpSpec(0, 0, {"length": REQUIRED, "dtype": "int64"}, _iota),
     Op.CAST: OpSpec(1, 1, {"dtype": REQUIRED}, _cast),
     **{op: OpSpec(1, 1, {}, _unary) for op in sorted(UNARY)},
-    **{op: OpSpec(2, 2, {}, _arithmetic) for op in sorted(BINARY_ARITHMETIC)},
+    **{op: OpSpec(2, 2, {}, _arithmetic) for op in sorted(BINARY_ARITHMETIC - {Op.MOD})},
+    Op.MOD: OpSpec(2, 2, {}, _integer_arithmetic),
     **{op: OpSpec(2, 2, {}, _compare) for op in sorted(COMPARISON)},
-    Op.AND: OpSpec(2, 2, {}, _and),
+    Op.AND: OpSpec(2, 2, {}, _logical),
+    Op.OR: OpSpec(2, 2, {}, _logical),
+    Op.NOT: OpSpec(1, 1, {}, _logical),
     Op.WHERE: OpSpec(3, 3, {}, _where),
     Op.REDUCE_MAX: OpSpec(1, 1, {"axis": -1, "keepdims": True}, _reduce),
     Op.REDUCE_SUM: OpSpec(1, 1, {"axis": -1, "keepdims": True}, _reduce),

@@ -50,7 +50,34 @@ SEMANTICS: tuple[Rule, ...] = (
     Rule("KV cache", "`present = concat(past, new)` on the sequence axis; past goes in and present comes out "
          "together", ("kv_cache_prefill", "decode_one_token_kv_cache")),
     Rule("NaN / Inf in inputs", "propagate; never silently replaced", ("nan_in_one_input",)),
+    Rule("masked keys", "a masked key takes no part in anything: NaN or inf in its key or value never reaches the "
+         "output (a key of attention weight exactly 0 contributes nothing)",
+         ("masked_key_nan_in_value_causal_future", "masked_key_inf_beyond_key_lengths", "masked_key_nan_by_bool_mask",
+          "fully_masked_row_nan_in_value")),
+    Rule("empty inputs", "a batch or query length of 0 gives empty outputs; a key length of 0 leaves every row "
+         "fully masked, so each output row is 0", ("empty_kv_len", "empty_q_len", "empty_batch")),
     Rule("value head size", "may differ from the Q/K head size", ("value_head_dim",)),
+    Rule("rotary embedding: which dims pair?", "named, never inferred: `half` (rotate_half: dim `k` pairs with `k + "
+         "rd/2`; Llama, NeoX, Qwen, Gemma, Phi) or `interleaved` (dims `2k`, `2k+1`; GPT-J, ONNX `interleaved=1`)",
+         ("rotary_half", "rotary_interleaved")),
+    Rule("rotary embedding: which dims rotate?", "the first `rotary_dim` dims of each head; the rest pass through "
+         "(NeoX 25%, Phi-3 50%)", ("rotary_partial_dim",)),
+    Rule("rotary embedding: positions", "query / new key `i` sits at `offset + i` (offset = cached length), unless a "
+         "`position_ids` input gives the positions; cached keys are stored already rotated",
+         ("rotary_decode_at_cache_offset", "rotary_position_ids_left_padding")),
+    Rule("rotary embedding: frequencies", "angle `position * theta^(-2k/rotary_dim)`, with linear, llama3 or yarn "
+         "scaling computed in the graph, or cos/sin caches given as inputs and read at the position (any scheme)",
+         ("rotary_llama3_scaling", "rotary_cos_sin_cache")),
+    Rule("QK-norm", "RMSNorm over each head's dims of Q and K, `x / sqrt(mean(x^2) + eps) * w` (or `* (1 + w)`, "
+         "Gemma 3), computed in float32, before the rotary embedding", ("qk_norm_float16", "qk_norm_plus_one")),
+    Rule("attention sinks", "one logit per q head joins the softmax denominator and has no value; a row whose keys "
+         "are all masked gives 0", ("sinks_fully_masked_row", "sinks_with_softcap")),
+    Rule("ALiBi", "score += `slope_h * (j - i_pos)`; slopes by the standard rule (every other slope of the next "
+         "power of two for other head counts); added after the scale, or before it (Falcon: then times the scale)",
+         ("alibi_12_heads", "alibi_causal_window", "alibi_before_scale")),
+    Rule("relative position bias (T5)", "score += `table[bucket(j - i_pos), h]` with T5's buckets (bidirectional "
+         "or causal, `num_buckets`, `max_distance`), after the scale", ("t5_buckets_at_edges",
+                                                                        "t5_causal_beyond_max_distance")),
     Rule("clamp (MPT's `clip_qkv`)", "`min(max(x, -c), c)` on the projected Q, K and V, before the head split",
          ("clamp_qkv",)),
 )

@@ -10,19 +10,23 @@ from collections.abc import Sequence
 
 from attngraph.errors import GraphError
 from attngraph.ir import dims
-from attngraph.ir.attention_specs import ATTENTION_SPECS, MASK_ATTRS, MASK_OPERANDS, check_mask_operands
+from attngraph.ir.attention_specs import (
+    ATTENTION_OPERANDS, ATTENTION_SPECS, MASK_ATTRS, MASK_OPERANDS, POSITION_BIAS_ATTRS, check_mask_operands,
+)
 from attngraph.ir.graph import Attr
 from attngraph.ir.op import Op
+from attngraph.ir.cache_specs import CACHE_SPECS
+from attngraph.ir.position_specs import POSITION_SPECS
 from attngraph.ir.primitive_specs import PRIMITIVE_SPECS
 from attngraph.ir.spec_helpers import REQUIRED, OpSpec
 from attngraph.ir.types import TensorType
 
-OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **PRIMITIVE_SPECS}[op] for op in Op}
+OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **POSITION_SPECS, **CACHE_SPECS, **PRIMITIVE_SPECS}[op] for op in Op}
 
 # attributes holding a dim (int or symbol): kept in canonical spelling so equal dims compare equal
 DIM_ATTRS = frozenset({"offset", "length", "start", "stop"})
 
-__all__ = ["DIM_ATTRS", "uses_symbols", "MASK_ATTRS", "MASK_OPERANDS", "OPS", "REQUIRED", "OpSpec", "check_mask_operands",
+__all__ = ["ATTENTION_OPERANDS", "DIM_ATTRS", "POSITION_BIAS_ATTRS", "uses_symbols", "MASK_ATTRS", "MASK_OPERANDS", "OPS", "REQUIRED", "OpSpec", "check_mask_operands",
            "complete_attrs", "infer_types", "normalize_attr"]
 
 

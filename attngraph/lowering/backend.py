@@ -21,7 +21,7 @@ from attngraph.errors import AttnGraphError, ConfigError, LoweringError
 from attngraph.ir import DType, Graph, Node, Op, Value
 from attngraph.ir.specs import uses_symbols
 from attngraph.ir.verify import verify_graph
-from attngraph.lowering.checking import check_inputs
+from attngraph.lowering.checking import check_inputs, native_byte_order
 from attngraph.lowering.rules import Rules, interpret
 from attngraph.lowering.weights import Weights
 from attngraph.passes.decompose import covered_ops, decompose
@@ -62,7 +62,7 @@ class Executable:
         return [v.name for v in self.graph.outputs]
 
     def __call__(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, Any]:
-        given = {**(inputs or {}), **named}
+        given = native_byte_order({**(inputs or {}), **named})
         bound = check_inputs(self.graph, given)
         return self.run(given, bound)
 
@@ -77,7 +77,9 @@ class Backend:
     rules: Rules
     # ``fuse``: let the backend fuse the attention core into its own kernel (True for speed and
     # memory); False runs the primitive chain op by op, which is how tests pin each rule.
-    options: dict[str, Any] = {"fuse": True}
+    # ``cache_inplace``: a static cache's write goes into the caller's own buffer (the output cache is the
+    # input array, updated) where the backend can; False keeps the functional form (a new array).
+    options: dict[str, Any] = {"fuse": True, "cache_inplace": True}
     # self-description, read by backend selection
     devices: tuple[str, ...] = ("cpu",)
     dtypes: frozenset[DType] = ALL_DTYPES

@@ -9,9 +9,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from attngraph.errors import InputError
 from attngraph.ir import DType, Graph, Value, dims
 from attngraph.ir.dtypes import from_numpy
+
+
+def native_byte_order(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Inputs with every NumPy array in the machine's byte order: a big-endian ``>f4`` array is converted
+    once, here at the edge (a runtime reading raw memory would see garbage). Other layouts (Fortran
+    order, strided views) are left to each backend, which handles them."""
+    out = dict(given)
+    for name, array in given.items():
+        dtype = getattr(array, "dtype", None)
+        if isinstance(array, np.ndarray) and dtype.byteorder not in ("=", "|") and not dtype.isnative:
+            out[name] = array.astype(dtype.newbyteorder("="))
+    return out
 
 
 def check_inputs(graph: Graph, given: Mapping[str, Any]) -> dict[str, int]:

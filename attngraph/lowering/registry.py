@@ -11,7 +11,7 @@ import warnings
 from importlib.metadata import entry_points
 from typing import Any
 
-from attngraph.errors import BackendUnavailable
+from attngraph.errors import BackendUnavailable, LoweringError
 
 GROUP = "attngraph.backends"
 
@@ -75,6 +75,8 @@ def _load(name: str) -> Any:
         cls = getattr(importlib.import_module(module), attr)
     except ImportError as e:
         missing = e.name or str(e)
+        if missing.split(".")[0] in ("attngraph", "attngraph_backends"):  # our own code is broken: say so
+            raise LoweringError(f"backend {name!r} failed to import attngraph's own module {missing!r}: {e}") from e
         raise BackendUnavailable(f"backend {name!r} needs the package {missing!r}: "
                                  f"pip install 'attngraph[{extra}]'") from e
     return cls()

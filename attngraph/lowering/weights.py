@@ -13,14 +13,19 @@ from attngraph.ir.dtypes import to_numpy
 
 
 class Weights(Mapping[str, np.ndarray]):
-    """A read-only mapping from param name to array.
+    """A read-only mapping from param name to array, holding its own read-only copies.
 
-    ``Weights.random(graph, seed=0)`` makes reproducible weights; ``weights.check(graph)``
-    raises ``WeightError`` naming any missing, unexpected or mis-shaped weight.
+    The copies are what every backend binds at compile: changing the caller's arrays afterwards never
+    changes a compiled graph, on any backend, with or without passes. ``Weights.random(graph, seed=0)``
+    makes reproducible weights; ``weights.check(graph)`` raises ``WeightError`` naming any missing,
+    unexpected or mis-shaped weight.
     """
 
     def __init__(self, arrays: Mapping[str, np.ndarray] | None = None) -> None:
-        self._arrays = {str(k): np.asarray(v) for k, v in (arrays or {}).items()}
+        if isinstance(arrays, Weights):  # already private, read-only copies
+            self._arrays = dict(arrays._arrays)
+            return
+        self._arrays = {str(k): _frozen_copy(v) for k, v in (arrays or {}).items()}
 
     def __getitem__(self, name: str) -> np.ndarray:
         try:
@@ -86,3 +91,12 @@ class Weights(Mapping[str, np.ndarray]):
         """Read an ``.npz`` file written by ``save``; object arrays are refused (no pickle)."""
         with np.load(path, allow_pickle=False) as data:
             return cls({k: data[k] for k in data.files})
+
+
+def _frozen_copy(value) -> np.ndarray:
+    """A private copy in native byte order that nobody can write to."""
+    array = np.array(value, copy=True)
+    if array.dtype.byteorder not in ("=", "|") and not array.dtype.isnative:
+        array = array.astype(array.dtype.newbyteorder("="))
+    array.flags.writeable = False
+    return array

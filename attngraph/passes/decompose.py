@@ -43,6 +43,20 @@ def decompose(graph: Graph, keep: frozenset[Op] | set[Op] = frozenset()) -> Grap
     raise GraphError("decompose did not reach ops with rules after 16 rounds: a decomposition cycle?")
 
 
+def expand_nodes(nodes: list[Node], keep: frozenset[Op], taken: set[str]) -> list[Node]:
+    """``nodes`` with every node whose op is not in ``keep`` replaced by its decomposition, recursively
+    (for a backend that lowers a piece of graph inline, as the ONNX exporter's guard branches do)."""
+    out: list[Node] = []
+    for node in nodes:
+        if node.op in keep or node.op not in DECOMPOSITIONS:
+            out.append(node)
+            continue
+        em = Emitter(taken)
+        DECOMPOSITIONS[node.op](node, em)
+        out += expand_nodes(em.nodes, keep, taken)
+    return out
+
+
 def decompose_attention(graph: Graph) -> Graph:
     """Expand every fused ``attention`` node back into the primitive chain."""
     return decompose(graph, keep=frozenset(set(Op) - {Op.ATTENTION}))

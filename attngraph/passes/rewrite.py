@@ -57,7 +57,7 @@ class GraphIndex:
         does not match is skipped; every value inside the chain must have a single reader."""
         if root.op is not steps[0].op:
             return None
-        found: dict[Op, Node] = {root.op: root}
+        found: dict[Op | str, Node] = {steps[0].key: root}
         nodes, value = [root], root.inputs[0]
         for step in steps[1:]:
             node = self.producer(value, step.op)
@@ -67,7 +67,7 @@ class GraphIndex:
                 return None
             if not self.single_use(value):
                 return None
-            found[step.op] = node
+            found[step.key] = node
             nodes.append(node)
             value = node.inputs[0]
         return Match(tuple(nodes), found)
@@ -75,10 +75,15 @@ class GraphIndex:
 
 @dataclass(frozen=True)
 class Step:
-    """One op of a chain pattern; ``optional`` steps may be absent."""
+    """One op of a chain pattern; ``optional`` steps may be absent; ``name`` tells two steps of one op apart."""
 
     op: Op
     optional: bool = False
+    name: str | None = None
+
+    @property
+    def key(self) -> Op | str:
+        return self.name or self.op
 
 
 @dataclass(frozen=True)
@@ -86,10 +91,11 @@ class Match:
     """The nodes a chain pattern matched, root first, and each by its op."""
 
     nodes: tuple[Node, ...]
-    by_op: dict[Op, Node]
+    by_op: dict[Op | str, Node]
 
-    def get(self, op: Op) -> Node | None:
-        return self.by_op.get(op)
+    def get(self, key: Op | str) -> Node | None:
+        """The node matched by the step of that op (or that name)."""
+        return self.by_op.get(key)
 
 
 @dataclass

@@ -13,7 +13,7 @@ from attngraph.ir.dtypes import to_numpy
 
 def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """One array per graph input: floats ~ N(0, 1); bool masks about 80% True with the diagonal kept;
-    key lengths uniform in [1, kv_total]. ``sizes`` binds the symbols (``batch``, ``q_len``...)."""
+    key lengths uniform in [1, kv_total] (0 when there are no keys). ``sizes`` binds the symbols (``batch``, ``q_len``...)."""
     rng = np.random.default_rng(seed)
     out = {}
     for value in graph.inputs:
@@ -29,7 +29,7 @@ def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict
             out[value.name] = arr
         elif dt in (DType.INT32, DType.INT64):  # key lengths: 1..kv_total keys kept per batch row
             total = sizes.get("kv_len", sizes.get("q_len", 1)) + sizes.get("past_len", 0)
-            out[value.name] = rng.integers(1, total + 1, size=shape).astype(to_numpy(dt))
+            out[value.name] = rng.integers(min(1, total), total + 1, size=shape).astype(to_numpy(dt))
         else:
             out[value.name] = rng.standard_normal(shape).astype(to_numpy(dt))
     return out

@@ -32,5 +32,5 @@ class NumbaBackend(Backend):
         for key, least in (("block_q", 1), ("block_k", 0)):
             if int(options[key]) < least:
                 raise ConfigError(f"numba option {key} must be >= {least}, got {options[key]}")
-        extra = {k: options[k] for k in ("threads", "block_q", "block_k")}
+        extra = {k: options[k] for k in ("threads", "block_q", "block_k", "cache_inplace")}
         return ArrayState(xp, numpy_dtypes(), None, 64 << 20, extra)

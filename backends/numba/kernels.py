@@ -8,7 +8,8 @@ keeps its running row max ``m``, row sum ``l`` and output accumulator for one qu
 the key blocks in order. Blocks entirely above the causal frontier, outside the window or past the
 batch row's key length are never visited. Both products go through ``np.dot`` (BLAS via SciPy) and
 the exponentials through a SIMD polynomial (``numba_exp``). Masked scores become ``-inf``; a row
-whose keys are all masked ends with sum 0 and gives 0. NaN in a kept score propagates to its row.
+whose keys are all masked ends with sum 0 and gives 0. NaN in a kept score propagates to its row;
+NaN or inf in a masked key's value never does (``_skip_zero_weights``).
 """
 
 from __future__ import annotations
@@ -38,29 +39,49 @@ def pack_key_blocks(k, block_k):
     return packed
 
 
+@njit(cache=True)
+def kept_columns(pos, j0, cols, length, causal, wl, wr):
+    """The one column range [lo, hi) of a block starting at key ``j0`` that the structured masks keep for
+    the query at position ``pos``: keys before ``length``, causal, and the window."""
+    lo, hi = 0, length - j0
+    if causal:
+        hi = min(hi, pos + 1 - j0)
+    if wl >= 0:
+        lo = max(lo, pos - wl - j0)
+    if wr >= 0:
+        hi = min(hi, pos + wr + 1 - j0)
+    lo = min(max(lo, 0), cols)
+    return lo, min(max(hi, lo), cols)
+
+
 @njit(cache=True, fastmath=FASTMATH)
-def _mask_block(s, b, h, i0, j0, off, bias, keep, has_bias, has_keep, softcap, causal, wl, wr, length):
-    """Softcap, bias and every mask on one score block (blocks on a mask edge only).
+def _mask_block(s, b, h, i0, j0, off, bias, keep, has_bias, has_keep, softcap, causal, wl, wr, length,
+                slope_pre, slope_post, rel, rel_dmin, has_rel):
+    """Position biases, softcap, bias and every mask on one score block (blocks on a mask edge, or every
+    block when a position bias is on).
 
     The structured masks (causal, window, key length) keep one column range per row, computed
     here, so they cost two fills per row; only a dense bool/bias operand is read element-wise.
+    ALiBi adds ``slope * (j - pos)`` (``slope_pre`` before the softcap: ALiBi before the scale, times
+    the scale; ``slope_post`` after it; 0 when off) and T5's bias reads ``rel[h, j - pos - rel_dmin]``.
     """
-    cols = s.shape[1]
     for r in range(s.shape[0]):
         i = i0 + r
         pos = i + off
-        lo, hi = 0, length - j0
-        if causal:
-            hi = min(hi, pos + 1 - j0)
-        if wl >= 0:
-            lo = max(lo, pos - wl - j0)
-        if wr >= 0:
-            hi = min(hi, pos + wr + 1 - j0)
-        lo = min(max(lo, 0), cols)
-        hi = min(max(hi, lo), cols)
+        lo, hi = kept_columns(pos, j0, s.shape[1], length, causal, wl, wr)
+        if slope_pre != 0:
+            for c in range(lo, hi):
+                s[r, c] += slope_pre * (j0 + c - pos)
         if softcap > 0:
             for c in range(lo, hi):
                 s[r, c] = softcap * math.tanh(s[r, c] / softcap)
+        if slope_post != 0:
+            for c in range(lo, hi):
+                s[r, c] += slope_post * (j0 + c - pos)
+        if has_rel:
+            base = j0 - pos - rel_dmin
+            for c in range(lo, hi):
+                s[r, c] += rel[h, base + c]
         if has_bias:
             for c in range(lo, hi):
                 s[r, c] += bias[b, h, i, j0 + c]
@@ -70,6 +91,22 @@ def _mask_block(s, b, h, i0, j0, off, bias, keep, has_bias, has_keep, softcap, c
                     s[r, c] = -np.inf
         s[r, :lo] = -np.inf
         s[r, hi:] = -np.inf
+
+
+@njit(cache=True, fastmath=FASTMATH)
+def _add_position_bias(s, h, i0, j0, off, slope, rel, rel_dmin, has_rel):
+    """ALiBi and T5's bias on a block every row keeps whole (no mask, no softcap): one vectorised pass
+    per row, ``slope * (j - pos)`` written as a row base plus ``slope * c``."""
+    for r in range(s.shape[0]):
+        pos = i0 + r + off
+        if slope != 0:
+            base = slope * (j0 - pos)
+            for c in range(s.shape[1]):
+                s[r, c] += base + slope * c
+        if has_rel:
+            first = j0 - pos - rel_dmin
+            for c in range(s.shape[1]):
+                s[r, c] += rel[h, first + c]
 
 
 @njit(cache=True, fastmath=FASTMATH)
@@ -100,12 +137,38 @@ def _online_softmax_rows(s, m, l_sum, acc):
         l_sum[r] += total
 
 
+@njit(cache=True)
+def _skip_zero_weights(s, vb, pv):
+    """Where a row of ``pv = s @ vb`` is not finite, recompute it skipping the keys of weight 0 (masked
+    keys take no part: 0 * NaN would be NaN). The check is O(rows x dv) against the product's O(rows x
+    keys x dv); the recompute runs only when a value is NaN or inf. Not fastmath: it must see NaN."""
+    for r in range(pv.shape[0]):
+        finite = True
+        for e in range(pv.shape[1]):
+            x = pv[r, e]
+            if x != x or x == np.inf or x == -np.inf:
+                finite = False
+                break
+        if finite:
+            continue
+        for e in range(pv.shape[1]):
+            total = 0.0
+            for c in range(s.shape[1]):
+                if s[r, c] != 0:
+                    total += s[r, c] * vb[c, e]
+            pv[r, e] = total
+
+
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, scale, softcap,
-                    causal, wl, wr, block_q, block_k, out, weights, want_weights):
+                    causal, wl, wr, block_q, block_k, out, weights, want_weights,
+                    slopes_pre, slopes_post, rel, rel_dmin, has_rel, sinks, has_sinks):
     """q (B,Hq,Sq,D), k (B,Hkv,Skv,D), v (B,Hkv,Skv,Dv) C-contiguous; bias/keep broadcast 4-D views.
 
     ``offsets[b]`` is batch row b's causal offset; ``lengths[b]`` its number of valid keys (<= skv).
+    ``slopes_pre``/``slopes_post`` (Hq,): ALiBi per head (see ``_mask_block``; zeros when off);
+    ``rel`` (Hq, distances): T5's bias per head and distance ``j - pos`` from ``rel_dmin``; ``sinks`` (Hq,): one
+    logit per head in each row's denominator, started as a key of score ``sink`` and value 0.
     Writes ``out`` (B,Hq,Sq,Dv) and, when ``want_weights``, ``weights`` (B,Hq,Sq,Skv).
     """
     batch, hq, sq, _ = q.shape
@@ -115,6 +178,9 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
     v_flat = v.reshape(batch, hkv, skv * dv)
     group = hq // hkv
     n_qb = (sq + block_q - 1) // block_q
+    has_position = has_rel
+    for head in range(hq):
+        has_position = has_position or slopes_pre[head] != 0 or slopes_post[head] != 0
     for task in prange(batch * hq * n_qb):
         b = task // (hq * n_qb)
         h = (task // n_qb) % hq
@@ -127,6 +193,9 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
         qb = q[b, h, i0:i1, :] * scale
         m = np.full(rows, -np.inf, dtype=q.dtype)
         l_sum = np.zeros(rows, dtype=q.dtype)
+        if has_sinks:  # the sink is a key of score sinks[h] and value 0: exp(sink - m) joins the sum
+            m[:] = sinks[h]
+            l_sum[:] = 1.0
         acc = np.zeros((rows, dv), dtype=q.dtype)
         # per-task buffers (flat, so that a short edge block is still a C-contiguous reshape)
         s_flat = np.empty(rows * block_k, dtype=q.dtype)
@@ -148,9 +217,11 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
                 plain = (not has_bias and not has_keep and softcap <= 0 and j1 <= length
                          and (not causal or j1 - 1 <= first_pos)
                          and (wl < 0 or j0 >= last_pos - wl) and (wr < 0 or j1 - 1 <= first_pos + wr))
-                if not plain:
+                if plain and has_position:  # no mask here: the biases alone, vectorised
+                    _add_position_bias(s, h, i0, j0, off, slopes_pre[h] + slopes_post[h], rel, rel_dmin, has_rel)
+                elif not plain:
                     _mask_block(s, b, h, i0, j0, off, bias, keep, has_bias, has_keep, softcap, causal, wl, wr,
-                                length)
+                                length, slopes_pre[h], slopes_post[h], rel, rel_dmin, has_rel)
                 if pass_no == 1:  # weights: exp(s - final max) / final sum
                     for r in range(rows):
                         for c in range(j1 - j0):
@@ -158,7 +229,9 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
                                 weights[b, h, i0 + r, j0 + c] = math.exp(s[r, c] - m[r]) / l_sum[r]
                     continue
                 _online_softmax_rows(s, m, l_sum, acc)
-                np.dot(s, v_flat[b, kvh, j0 * dv:j1 * dv].reshape(j1 - j0, dv), pv)
+                vb = v_flat[b, kvh, j0 * dv:j1 * dv].reshape(j1 - j0, dv)
+                np.dot(s, vb, pv)
+                _skip_zero_weights(s, vb, pv)
                 acc += pv
         for r in range(rows):
             inv = 1.0 / l_sum[r] if l_sum[r] != 0 else 0.0

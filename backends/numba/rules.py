@@ -8,11 +8,13 @@ import threading
 
 import numba
 import numpy as np
+from attngraph_backends.numba.decode import decode_attention
 from attngraph_backends.numba.kernels import flash_attention
 from attngraph_backends.numpy.rules import rules as numpy_rules
 from threadpoolctl import ThreadpoolController
 
 from attngraph.array_math.masks import as_rank4
+from attngraph.array_math.positions import PositionBiases, t5_buckets
 from attngraph.array_math.rules import mask_args, operands_of
 from attngraph.ir import Op
 from attngraph.lowering import NodeCtx
@@ -43,35 +45,78 @@ def auto_block_k(block_q: int, head_dim: int) -> int:
     return block_k
 
 
+def _position_args(a: dict, named: dict, offsets: np.ndarray, sq: int, skv: int, hq: int, cd: np.dtype):
+    """The kernel's position-bias arguments: ALiBi slopes before/after the softcap (zeros when off), T5's
+    bias looked up per distance ``j - pos`` over the distances this call can meet, and the sinks."""
+    biases = PositionBiases.of(a)
+    slopes = np.asarray(biases.alibi_slopes or (0.0,) * hq, dtype=cd)
+    zeros = np.zeros(hq, cd)
+    pre, post = (slopes * cd.type(a["scale"]), zeros) if biases.alibi_before_scale else (zeros, slopes)
+    rel, dmin = np.zeros((hq, 1), cd), 0
+    if biases.rel_buckets:
+        dmin = -int(offsets.max()) - max(sq - 1, 0)
+        distances = np.arange(dmin, skv - int(offsets.min()), dtype=np.int64)
+        buckets = t5_buckets(np, distances, biases.rel_buckets, biases.rel_max_distance, biases.rel_bidirectional)
+        rel = np.ascontiguousarray(np.asarray(named["rel_table"], dtype=cd)[buckets].T)  # (Hq, distances)
+    sinks = np.asarray(named["sinks"], dtype=cd) if "sinks" in named else zeros
+    return pre, post, rel, dmin, sinks
+
+
+# A step with at most this many queries (decode, short chunks) runs the split-K decode kernel when it
+# needs no dense mask operand and no weights output; longer ones run the prefill kernel.
+DECODE_MAX_QUERIES = 16
+DECODE_BLOCK_K = 512
+
+
 @rules.register(Op.ATTENTION)
 def _attention(ctx: NodeCtx, q, k, v, *ops):
     a = ctx.node.attr_dict
     named = operands_of(ctx, ops)
     st = ctx.state
     cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
-    qc, kc, vc = (np.ascontiguousarray(x, dtype=cd) for x in (q, k, v))
+    qc, kc, vc = (np.ascontiguousarray(x, dtype=cd) for x in (q, k, v))  # no copy of a float32 cache
     batch, hq, sq, _ = qc.shape
     skv, dv = kc.shape[2], vc.shape[3]
+    lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, skv, np.int64)
+    offsets = np.broadcast_to(np.asarray(mask_args(ctx, named, sq)["offset"], np.int64), (batch,)).copy()
+    want = bool(a["return_weights"])
+    pre, post, rel, rel_dmin, sinks = _position_args(a, named, offsets, sq, skv, hq, cd)
+    out = np.empty((batch, hq, sq, dv), cd)
+    common = (cd.type(a["scale"]), cd.type(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
+              int(a["window_right"]))
+    biases = (pre, post, rel, rel_dmin, "rel_table" in named, sinks, "sinks" in named)
+    if st.extra["threads"]:
+        numba.set_num_threads(int(st.extra["threads"]))
+    decode = sq <= DECODE_MAX_QUERIES and not want and "bias" not in named and "bool" not in named
+    # the kernels' prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
+    # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
+        if decode:
+            tasks = batch * kc.shape[1]
+            splits = max(1, min(-(-4 * numba.get_num_threads() // tasks), -(-skv // DECODE_BLOCK_K)))
+            decode_attention(qc, kc, vc, offsets, lengths, *common, DECODE_BLOCK_K, splits, *biases, out)
+            return out.astype(st.dtype(ctx.node.outputs[0].type.dtype), copy=False)
+        weights = _flash(st, named, qc, kc, vc, offsets, lengths, common, biases, out, want, cd)
+    y = out.astype(st.dtype(ctx.node.outputs[0].type.dtype), copy=False)
+    return (y, weights.astype(st.dtype(ctx.node.outputs[1].type.dtype), copy=False)) if want else y
+
+
+def _flash(st, named, qc, kc, vc, offsets, lengths, common, biases, out, want, cd):
+    """The prefill kernel; keys past every row's length are left out of its packed copy of K (a static
+    cache's unused tail costs nothing)."""
+    batch, hq, sq, _ = qc.shape
+    valid = int(min(kc.shape[2], max(int(lengths.max(initial=0)), 0)))
+    if valid < kc.shape[2] and not want and "bias" not in named and "bool" not in named:
+        kc, vc = kc[:, :, :valid], np.ascontiguousarray(vc[:, :, :valid])
+    skv = kc.shape[2]
     block_q = int(st.extra["block_q"])
-    block_k = int(st.extra["block_k"]) or auto_block_k(block_q, max(kc.shape[3], dv))
+    block_k = int(st.extra["block_k"]) or auto_block_k(block_q, max(kc.shape[3], vc.shape[3]))
     full = (batch, hq, sq, skv)
     bias = np.broadcast_to(as_rank4(np, np.asarray(named["bias"]).astype(cd, copy=False)), full) \
         if "bias" in named else np.zeros((1, 1, 1, 1), cd)
     keep = np.broadcast_to(as_rank4(np, np.asarray(named["bool"], dtype=bool)), full) \
         if "bool" in named else np.ones((1, 1, 1, 1), bool)
-    lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, skv, np.int64)
-    offset = mask_args(ctx, named, sq)["offset"]
-    offsets = np.broadcast_to(np.asarray(offset, np.int64), (batch,)).copy()
-    out = np.empty((batch, hq, sq, dv), cd)
-    want = bool(a["return_weights"])
     weights = np.zeros(full if want else (1, 1, 1, 1), cd)
-    if st.extra["threads"]:
-        numba.set_num_threads(int(st.extra["threads"]))
-    # the kernel's prange threads call BLAS per tile: a multi-threaded BLAS inside them oversubscribes
-    # the cores (and OpenBLAS warns it may hang), so BLAS runs single-threaded for the call
-    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
-        flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths,
-                        cd.type(a["scale"]), cd.type(a["softcap"]), bool(a["causal"]), int(a["window_left"]),
-                        int(a["window_right"]), block_q, block_k, out, weights, want)
-    y = out.astype(st.dtype(ctx.node.outputs[0].type.dtype), copy=False)
-    return (y, weights.astype(st.dtype(ctx.node.outputs[1].type.dtype), copy=False)) if want else y
+    flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths, *common, block_q,
+                    block_k, out, weights, want, *biases)
+    return weights

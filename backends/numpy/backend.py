@@ -30,4 +30,5 @@ class NumpyBackend(Backend):
         return min(64 << 20, 3 * problem.scores_bytes)
 
     def make_state(self, graph: Graph, options: dict) -> ArrayState:
-        return ArrayState(xp, numpy_dtypes(), None, int(options["max_scores_bytes"]))
+        return ArrayState(xp, numpy_dtypes(), None, int(options["max_scores_bytes"]),
+                          {"cache_inplace": bool(options["cache_inplace"])})

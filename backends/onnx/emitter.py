@@ -74,6 +74,28 @@ class OnnxEmitter:
     def scalar(self, value: float) -> str:
         return self.const(np.asarray(value, dtype=self.np_compute), "k")
 
+    def branch(self, build, n_out: int) -> onnx.GraphProto:
+        """A subgraph for an ``If`` branch: ``build()`` emits its nodes and returns its ``n_out`` result
+        names (which may be outer values: they are passed through Identity, as ONNX wants branch outputs
+        made inside the branch). Constants stay initializers of the main graph (outer scope)."""
+        outer, self.nodes = self.nodes, []
+        try:
+            results = list(build())
+            if len(results) != n_out:
+                raise LoweringError(f"an If branch made {len(results)} outputs, expected {n_out}")
+            outs = [self.op("Identity", [r], hint=f"{r}_out") for r in results]
+            elem = ONNX_TYPES[self.compute]
+            return helper.make_graph(self.nodes, self.fresh("branch"), [],
+                                     [helper.make_tensor_value_info(o, elem, None) for o in outs])
+        finally:
+            self.nodes = outer
+
+    def if_(self, cond: str, then_build, else_build, n_out: int, hint: str = "if") -> list[str]:
+        """``If(cond)`` with both branches built by ``branch``; returns the output names."""
+        then_g, else_g = self.branch(then_build, n_out), self.branch(else_build, n_out)
+        out = self.op("If", [cond], then_branch=then_g, else_branch=else_g, n_out=n_out, hint=hint)
+        return out if isinstance(out, list) else [out]
+
     # ---- shapes ----------------------------------------------------------------------------
     def shape_slice(self, x: str, start: int, end: int) -> str:
         return self.op("Shape", [x], start=start, end=end, hint="dims")
@@ -100,6 +122,9 @@ class OnnxEmitter:
     def unsqueeze(self, x: str, axes: list[int]) -> str:
         return self.op("Unsqueeze", [x, self.i64(axes)])
 
+    def _producer(self, name: str) -> onnx.NodeProto | None:
+        return next((n for n in self.nodes if name in n.output), None)
+
     # ---- dtypes ----------------------------------------------------------------------------
     def to_compute(self, name: str, dtype: DType) -> str:
         if dtype.is_float and dtype is not self.compute:
@@ -108,14 +133,35 @@ class OnnxEmitter:
 
     def finish(self, graph: Graph, env: dict, doc: str) -> onnx.GraphProto:
         """Wire graph outputs (cast back to their IR dtype) and assemble the GraphProto."""
-        outputs = []
+        outputs, renamed = [], set()
         for value in graph.outputs:
             src = env[value]
             if value.type.dtype.is_float and value.type.dtype is not self.compute:
                 self.op("Cast", [src], outputs=[value.name], to=ONNX_TYPES[value.type.dtype])
+            elif src != value.name and self._producer(src) is not None and src not in renamed \
+                    and src not in {v.name for v in graph.outputs}:
+                # name the producing node's output after the graph output instead of copying it through
+                # Identity: a copy would cost a whole cache per step, and would stop onnxruntime's
+                # TensorScatter from writing in place into an I/O-bound cache buffer.
+                _rename(self.nodes, src, value.name)
+                renamed.add(src)
             elif src != value.name:
                 self.op("Identity", [src], outputs=[value.name])
             outputs.append(value_info(value.name, value.type.dtype, value.type.shape))
         inputs = [value_info(v.name, v.type.dtype, v.type.shape) for v in graph.inputs]
         return helper.make_graph(self.nodes, graph.name, inputs, outputs, initializer=self.initializers,
                                  doc_string=doc)
+
+
+def _rename(nodes, old: str, new: str) -> None:
+    """Rename value ``old`` to ``new`` in ``nodes`` and in every subgraph they hold (If branches read outer
+    values by name)."""
+    for node in nodes:
+        node.input[:] = [new if x == old else x for x in node.input]
+        node.output[:] = [new if x == old else x for x in node.output]
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _rename(attr.g.node, old, new)
+                for out in attr.g.output:
+                    if out.name == old:
+                        out.name = new

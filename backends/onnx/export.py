@@ -16,7 +16,7 @@ from attngraph_backends.onnx.rules import DECOMPOSED
 from onnx import helper
 
 from attngraph.errors import AttnGraphError
-from attngraph.ir import DType, Graph
+from attngraph.ir import DType, Graph, Op
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering import interpret
 from attngraph.lowering.weights import Weights
@@ -60,7 +60,9 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
         style = choose_style(graph, opset)
     if style not in STYLES:
         raise AttnGraphError(f"unknown ONNX style {style!r}; choose one of {sorted(STYLES)} or 'auto'")
-    opset = DEFAULT_OPSET[style] if opset is None else int(opset)
+    if opset is None:  # a static cache's write is TensorScatter and its read Attention-24: opset 24
+        opset = max(DEFAULT_OPSET[style], 24 if style != "decomposed" and graph.count(Op.CACHE_UPDATE) else 0)
+    opset = int(opset)
     if opset < MIN_OPSET[style]:
         why = "the Attention operator needs opset >= 23" if style == "attention" else "it uses opset-17 ops"
         raise AttnGraphError(f"opset {opset} is too old for style {style!r} ({why}); use opset="

@@ -8,6 +8,7 @@ dtype and float constants are made in it.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 from attngraph_backends.onnx.emitter import ONNX_TYPES, OnnxEmitter
 
 from attngraph.ir import DType, Op
@@ -17,8 +18,9 @@ PRIMITIVES = Rules("onnx")
 
 _UNARY = {Op.NEG: "Neg", Op.EXP: "Exp", Op.LOG: "Log", Op.TANH: "Tanh", Op.SQRT: "Sqrt", Op.SIN: "Sin",
           Op.COS: "Cos", Op.ABS: "Abs", Op.FLOOR: "Floor"}
-_BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div", Op.MAXIMUM: "Max", Op.MINIMUM: "Min",
-           Op.LESS: "Less", Op.LESS_EQUAL: "LessOrEqual", Op.EQUAL: "Equal", Op.AND: "And", Op.WHERE: "Where"}
+_BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div", Op.MAXIMUM: "Max", Op.MINIMUM: "Min", Op.MOD: "Mod",
+           Op.LESS: "Less", Op.LESS_EQUAL: "LessOrEqual", Op.EQUAL: "Equal", Op.AND: "And", Op.OR: "Or",
+           Op.NOT: "Not", Op.WHERE: "Where"}
 
 
 def _e(ctx: NodeCtx) -> OnnxEmitter:
@@ -30,8 +32,9 @@ def _hint(ctx: NodeCtx) -> str:
 
 
 def onnx_dtype(e: OnnxEmitter, dtype: DType) -> int:
-    """The ONNX element type a value of IR ``dtype`` has inside the model (floats: the compute dtype)."""
-    return ONNX_TYPES[e.compute if dtype.is_float else dtype]
+    """The ONNX element type a value of IR ``dtype`` has inside the model: storage floats (float16,
+    bfloat16, float32) are in the compute dtype; float64 stays float64 (precise angles, buckets)."""
+    return ONNX_TYPES[e.compute if dtype.is_float and dtype is not DType.FLOAT64 else dtype]
 
 
 @PRIMITIVES.register(Op.CONST)
@@ -40,7 +43,7 @@ def _const(ctx, *_):
     dtype = DType(ctx.attr("dtype"))
     values = value if isinstance(value, tuple) else (value,)
     if all(not isinstance(v, str) for v in values):
-        np_dtype = e.np_compute if dtype.is_float else np.dtype(dtype.value)
+        np_dtype = onnx.helper.tensor_dtype_to_np_dtype(onnx_dtype(e, dtype))
         return e.const(np.asarray(value, dtype=np_dtype), "c")
     parts = [e.dim(v) if isinstance(v, str) else e.i64([v]) for v in values]  # symbolic dims: read at run time
     t = parts[0] if len(parts) == 1 else e.op("Concat", parts, axis=0)

@@ -8,12 +8,16 @@ first). ``ATTENTION_STYLE`` adds a rule lowering ``attention`` to the standard o
 
 from __future__ import annotations
 
+import numpy as np
+import onnx
 from attngraph_backends.onnx.emitter import OnnxEmitter
+from attngraph_backends.onnx.guards import guarded_product, lower_decomposition
 from attngraph_backends.onnx.primitives import PRIMITIVES
 
 from attngraph.ir import Op
 from attngraph.lowering import NodeCtx, interpret
 from attngraph.passes.decompositions import keep_mask as ir_keep_mask
+from attngraph.passes.position_decompositions import fused_position_bias
 from attngraph.passes.rewrite import Emitter
 
 DECOMPOSED = PRIMITIVES.extended("onnx")
@@ -87,7 +91,8 @@ def _softcap(ctx, x):
     return e.op("Mul", [e.op("Tanh", [e.op("Div", [x, cap])]), cap], hint=_hint(ctx))
 
 
-def keep_mask(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str], *, use_causal: bool = True) -> str | None:
+def keep_mask(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str], *, use_causal: bool = True,
+              use_lengths: bool = True) -> str | None:
     """The keep mask of a ``mask`` or ``attention`` node as an ONNX bool tensor broadcastable to
     (B, H, Sq, Skv), or None when nothing is masked.
 
@@ -99,6 +104,10 @@ def keep_mask(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str], *, use_cau
     attrs = dict(node.attr_dict, causal=bool(node.attr("causal")) and use_causal)
     first = 1 if node.op is Op.MASK else 3
     ir_operands = dict(zip(attrs["operands"], node.inputs[first:], strict=True))
+    if not use_lengths:  # the operator takes the lengths itself (Attention-24's nonpad_kv_seqlen)
+        ir_operands.pop("lengths", None)
+        attrs.update(align="start", offset=0)
+    ir_operands = {kind: v for kind, v in ir_operands.items() if kind in ("bool", "bias", "lengths")}
     q_len, kv_len = ((node.inputs[0].type.shape[2], node.inputs[0].type.shape[3]) if node.op is Op.MASK
                      else (node.inputs[0].type.shape[2], node.inputs[1].type.shape[2]))
     em = Emitter({v.name for v in node.inputs + node.outputs})
@@ -108,6 +117,20 @@ def keep_mask(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str], *, use_cau
     env = {ir_operands[kind]: operands[kind] for kind in ir_operands}
     interpret(em.nodes, PRIMITIVES, env, ctx.dims, e)
     return env[keep]
+
+
+def position_bias(e: OnnxEmitter, ctx: NodeCtx, operands: dict[str, str]) -> str | None:
+    """A fused attention node's ALiBi and T5 bias as one ONNX float tensor (1 or B, H, Sq, Skv), or None:
+    the decomposition's (``fused_position_bias``), lowered here by the primitives' rules."""
+    node = ctx.node
+    em = Emitter({v.name for v in node.inputs + node.outputs})
+    bias = fused_position_bias(em, node, node.inputs[0].type.dtype.compute)
+    if bias is None:
+        return None
+    named = dict(zip(node.attr("operands"), node.inputs[3:], strict=True))
+    env = {named[kind]: operands[kind] for kind in named}
+    interpret(em.nodes, PRIMITIVES, env, ctx.dims, e)
+    return env[bias]
 
 
 @DECOMPOSED.register(Op.MASK)
@@ -123,18 +146,52 @@ def _mask(ctx, scores, *ops):
 
 
 @DECOMPOSED.register(Op.SOFTMAX)
-def _softmax(ctx, x):
-    """Softmax whose all -inf rows give 0 (ONNX Softmax alone gives NaN); NaN rows stay NaN."""
+def _softmax(ctx, x, sinks=None):
+    """Softmax whose all -inf rows give 0 (ONNX Softmax alone gives NaN); NaN rows stay NaN. With sinks
+    (one logit per head), the sink column joins the softmax and is dropped after it."""
     e = _e(ctx)
+    keys = e.shape_slice(x, 3, 4)
+    if sinks is not None:
+        lead = e.op("Concat", [e.shape_slice(x, 0, 3), e.i64([1])], axis=0)
+        x = e.op("Concat", [x, e.op("Expand", [e.op("Reshape", [sinks, e.i64([1, -1, 1, 1])]), lead])], axis=-1)
     dead = e.op("Equal", [e.reduce_max(x, -1), e.scalar(float("-inf"))])
     zero = e.scalar(0.0)
     p = e.op("Softmax", [e.op("Where", [dead, zero, x])], axis=-1)
-    return e.op("Where", [dead, zero, p], hint=_hint(ctx))
+    p = e.op("Where", [dead, zero, p], hint=None if sinks is not None else _hint(ctx))
+    if sinks is None:
+        return p
+    return e.op("Slice", [p, e.i64([0]), keys, e.i64([3])], hint=_hint(ctx))  # the sink's column dropped
 
 
 @DECOMPOSED.register(Op.WEIGHTED_SUM)
 def _weighted_sum(ctx, p, v):
-    return _grouped(ctx, p, v, False)
+    """``p @ v`` with a key of weight 0 taking no part (``guards.guarded_product``)."""
+    e, tp, tv = _e(ctx), ctx.node.inputs[0].type, ctx.node.inputs[1].type
+    v = repeat_kv(e, v, int(tp.shape[1]) // int(tv.shape[1]), int(tp.shape[1]), tv.shape[3])
+    return guarded_product(e, p, v, _hint(ctx))
+
+
+@DECOMPOSED.register(Op.CACHE_UPDATE)
+def _cache_update(ctx, cache, new, lengths):
+    """``TensorScatter`` (opset 24: linear or circular; onnxruntime writes in place when the cache's input and
+    output share one buffer), else ``ScatterND`` at the computed slots (linear), else the decomposition."""
+    e = _e(ctx)
+    mode = ctx.attr("mode")
+    write_at = e.op("Cast", [lengths], to=onnx.TensorProto.INT64)
+    if e.opset >= 24:
+        return e.op("TensorScatter", [cache, new, write_at], axis=2, mode=mode, hint=_hint(ctx))
+    if mode == "circular":
+        return lower_decomposition(e, ctx, DECOMPOSED, [cache, new, lengths])[0]
+    shape = e.op("Shape", [new])  # (B, H, S, D): one index triple (b, h, len_b + s) per updated row
+    b, h, seq = (e.op("Squeeze", [e.op("Slice", [shape, e.i64([i]), e.i64([i + 1])]), e.i64([0])]) for i in range(3))
+    zero, one = e.const(np.int64(0), "zero"), e.const(np.int64(1), "one")
+    rows = e.op("Reshape", [e.op("Range", [zero, b, one]), e.i64([-1, 1, 1, 1])])
+    heads = e.op("Reshape", [e.op("Range", [zero, h, one]), e.i64([1, -1, 1, 1])])
+    slots = e.op("Add", [e.op("Reshape", [e.op("Range", [zero, seq, one]), e.i64([1, 1, -1, 1])]),
+                         e.op("Reshape", [write_at, e.i64([-1, 1, 1, 1])])])
+    target = e.op("Concat", [e.op("Slice", [shape, e.i64([0]), e.i64([3])]), e.i64([1])], axis=0)
+    index = e.op("Concat", [e.op("Expand", [t, target]) for t in (rows, heads, slots)], axis=3)
+    return e.op("ScatterND", [cache, index, new], hint=_hint(ctx))
 
 
 @DECOMPOSED.register(Op.MERGE_HEADS)

@@ -52,7 +52,7 @@ def to_tensor(array: Any, device: torch.device) -> torch.Tensor:
     a = np.asarray(array)
     if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16: reinterpret the bits
         return torch.from_numpy(np.ascontiguousarray(a).view(np.uint16).copy()).view(torch.bfloat16).to(device)
-    if not a.flags.writeable:
+    if not a.flags.writeable or any(stride < 0 for stride in a.strides):  # torch takes neither
         a = a.copy()
     return torch.from_numpy(a).to(device)
 
@@ -92,7 +92,7 @@ class TorchBackend(Backend):
 
     def make_state(self, graph: Graph, options: dict) -> ArrayState:
         return ArrayState(xp, TORCH_DTYPES, options["device"], int(options["max_scores_bytes"]),
-                          {"sdpa": bool(options["sdpa"])})
+                          {"sdpa": bool(options["sdpa"]), "cache_inplace": bool(options["cache_inplace"])})
 
     def make_executor(self, nodes, state, options):
         execute = super().make_executor(nodes, state, options)

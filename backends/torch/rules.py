@@ -8,11 +8,15 @@ import array_api_compat.torch as xp
 import torch
 from attngraph_backends.torch import kernels as K
 
-from attngraph.array_math.attention import chunked_attention
+from attngraph.array_math.attention import chunked_attention, trim_keys
+from attngraph.array_math.positions import PositionBiases
 from attngraph.array_math.rules import ARRAY_RULES, compute, mask_args, operands_of, out
 from attngraph.ir import Op
 
 rules = ARRAY_RULES.extended("torch", without=(Op.LINEAR, Op.ATTENTION))
+
+# Steps with at most this many queries (decode, short chunks) skip SDPA: see ``_attention``.
+EXPLICIT_MAX_QUERIES = 16
 
 
 @rules.register(Op.LINEAR)
@@ -29,12 +33,23 @@ def _linear(ctx, x, w, b=None):
 def _attention(ctx, q, k, v, *operands):
     named = operands_of(ctx, operands)
     mask = mask_args(ctx, named, q.shape[2])
+    if not ctx.attr("return_weights"):  # a static cache's tail past every row's length is never read
+        k, v, named = trim_keys(xp, k, v, named)
     scale, softcap, want = float(ctx.attr("scale")), float(ctx.attr("softcap")), bool(ctx.attr("return_weights"))
+    biases = PositionBiases.of(ctx.node.attr_dict)
     plan = K.sdpa_plan(named, softcap=softcap, return_weights=want, **mask) if ctx.state.extra["sdpa"] else "explicit"
-    # torch's CPU SDPA returns 0 for a row with a NaN score, and NaN must propagate. A NaN anywhere makes
-    # the sum NaN (so does inf - inf: then the explicit path runs needlessly, still exactly); one
-    # reduction per tensor is ~6x cheaper than isnan().any() on these strided views
-    if plan != "explicit" and any(bool(torch.isnan(x.sum())) for x in (q, k, v)):
+    if biases or "sinks" in named:  # SDPA has no sinks; ALiBi and T5 biases go through the explicit chunks
+        plan = "explicit"
+    if q.shape[2] <= EXPLICIT_MAX_QUERIES:
+        # a decode step: the explicit chunk reads K and V once each and checks only its small output,
+        # where SDPA would first need a finiteness pass over the whole cache (below) -- 3x the bytes
+        plan = "explicit"
+    # SDPA is exact for finite inputs only: torch's CPU SDPA returns 0 for a row with a NaN score (NaN
+    # must propagate), and a NaN or inf in a *masked* key reaches the output through the mask's -inf
+    # (it must take no part). A non-finite value anywhere makes the sum non-finite; one reduction per
+    # tensor is ~6x cheaper than isfinite().all() on these strided views. Empty inputs go explicit too.
+    if plan != "explicit" and (0 in (q.shape[0], q.shape[2], k.shape[2])
+                               or not all(bool(torch.isfinite(x.sum())) for x in (q, k, v))):
         plan = "explicit"
     if plan != "explicit":
         half_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
@@ -42,5 +57,5 @@ def _attention(ctx, q, k, v, *operands):
         return out(ctx, K.sdpa_attention(qc, kc, vc, named, scale=scale, plan=plan, **mask))
     y, weights = chunked_attention(xp, q, k, v, named, scale=scale, softcap=softcap, return_weights=want,
                                    compute=ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype),
-                                   max_bytes=ctx.state.max_scores_bytes, device=q.device, **mask)
+                                   max_bytes=ctx.state.max_scores_bytes, device=q.device, biases=biases, **mask)
     return (out(ctx, y), out(ctx, weights, 1)) if want else out(ctx, y)

@@ -67,8 +67,8 @@ def test_verifier_rejects_double_definition_and_wrong_types():
 def test_verifier_rejects_bad_arity_and_attributes():
     x = Value("x", TensorType(DType.FLOAT32, (1, 1, 2, 2)))
     y = Value("y", x.type)
-    with pytest.raises(ag.GraphError, match="softmax takes 1..1 inputs, got 2"):
-        ag.verify_graph(_graph_with([Node(Op.SOFTMAX, (x, x), (y,))], [x], [y]))
+    with pytest.raises(ag.GraphError, match="softmax takes 1..2 inputs, got 3"):
+        ag.verify_graph(_graph_with([Node(Op.SOFTMAX, (x, x, x), (y,))], [x], [y]))
     with pytest.raises(ag.GraphError, match="has no attribute"):
         ag.verify_graph(_graph_with([Node(Op.SOFTMAX, (x,), (y,), (("axis", 1),))], [x], [y]))
     with pytest.raises(ag.GraphError, match="needs attribute 'value'"):

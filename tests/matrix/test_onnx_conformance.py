@@ -1,4 +1,5 @@
-"""ONNX's own Attention conformance cases (built in memory by the installed onnx), imported with
+"""ONNX's own Attention, RotaryEmbedding and RMSNormalization node cases (built in memory by the installed onnx),
+imported with
 ``from_onnx`` and run on every backend against ONNX's expected outputs.
 
 Cases the IR cannot express yet are the library's known deviations, applied as strict xfails: if one
@@ -13,10 +14,11 @@ from conftest import BUDGETS
 
 import attngraph as ag
 from attngraph.conformance.budgets import known_deviation
+from attngraph.conformance.onnx_cases import ONNX_OPERATOR_CASES
 
 onnx_loader = pytest.importorskip("onnx.backend.test.loader")
 
-_CASES = {c.name: c for c in onnx_loader.load_model_tests(kind="node") if c.name.startswith("test_attention_")}
+_CASES = {c.name: c for c in onnx_loader.load_model_tests(kind="node") if c.name.startswith(ONNX_OPERATOR_CASES)}
 
 
 def known_reason(name: str) -> str | None:
@@ -48,7 +50,10 @@ def test_onnx_attention_node_case(name, backend, request):
 
 
 def test_corpus_is_complete():
-    """The installed onnx builds all 186 Attention cases; fewer would mean a silent loss of coverage."""
-    assert len(_CASES) >= 186
+    """The installed onnx builds all 186 Attention cases, 16 RotaryEmbedding and 38 RMSNormalization cases
+    (with their _expanded twins); fewer would mean a silent loss of coverage."""
+    assert len([n for n in _CASES if n.startswith("test_attention_")]) >= 186
+    assert len([n for n in _CASES if n.startswith("test_rotary_embedding")]) >= 16
+    assert len([n for n in _CASES if n.startswith("test_rms_normalization")]) >= 38
     expressible = [n for n in _CASES if not known_reason(n)]
     assert len(expressible) >= 90, len(expressible)

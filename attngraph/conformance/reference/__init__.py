@@ -1,7 +1,7 @@
 """The float64 reference: any attngraph graph evaluated op by op in float64, plainly.
 
 It shares no code with the backends, the shared array math or the decompositions: every op has a
-rule of its own here (``attention_ops``, ``primitive_ops``), written from the semantics table
+rule of its own here (``attention_ops``, ``position_ops``, ``primitive_ops``), written from the semantics table
 (``attngraph.ir.semantics``). The tests' ``oracle.py`` is a second, independent oracle.
 """
 
@@ -12,10 +12,11 @@ from collections.abc import Mapping
 import numpy as np
 
 from attngraph.conformance.reference.attention_ops import ATTENTION_OPS
+from attngraph.conformance.reference.position_ops import POSITION_OPS
 from attngraph.conformance.reference.primitive_ops import PRIMITIVE_OPS
 from attngraph.ir import Graph, Op, dims
 
-RULES = {op: {**ATTENTION_OPS, **PRIMITIVE_OPS}[op] for op in Op}
+RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **PRIMITIVE_OPS}[op] for op in Op}
 
 
 def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> dict:

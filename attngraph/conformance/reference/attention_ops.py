@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from attngraph.conformance.reference import position_ops
 from attngraph.ir import Node, Op, dims
 
 
@@ -55,23 +56,52 @@ def _mask(node, bound, scores, *ops):
     return np.where(keep, s, -np.inf)
 
 
-def _softmax(node, bound, x):
+def _weighted_sum(node, bound, p, v):
+    """``p @ v`` where a key of weight exactly 0 (a masked key) takes no part, NaN/inf in its value included."""
+    out = np.zeros(p.shape[:3] + (v.shape[3],))
+    for bi in range(p.shape[0]):
+        for h in range(p.shape[1]):
+            values = v[bi, _kv_for(h, p.shape[1], v.shape[1])]
+            for i in range(p.shape[2]):
+                used = p[bi, h, i] != 0
+                out[bi, h, i] = p[bi, h, i][used] @ values[used]
+    return out
+
+
+def _softmax(node, bound, x, sinks=None):
+    """Softmax per row; a row of all -inf gives 0. A sink (one logit per head) joins the denominator."""
     out = np.zeros_like(x)
     for idx in np.ndindex(*x.shape[:-1]):
         row = x[idx]
-        if np.all(row == -np.inf):
+        sink = None if sinks is None else float(sinks[idx[1]])
+        logits = row if sink is None else np.append(row, sink)
+        if np.all(logits == -np.inf):
             continue  # fully masked: probabilities 0
-        e = np.exp(row - np.max(row))
-        out[idx] = e / e.sum()
+        e = np.exp(logits - np.max(logits))
+        out[idx] = (e / e.sum())[:row.size]
     return out
 
 
 def _attention(node, bound, q, k, v, *ops):
-    s = _matmul(_Attrs(transpose_b=True), bound, q, k) * float(node.attr("scale"))
+    """The fused op, step by step: ALiBi before or after the scale, softcap, T5 bias, mask, softmax with sinks."""
+    named = dict(zip(node.attr("operands"), ops, strict=True))
+    lengths = (named["lengths"],) if node.attr("align") == "lengths" else ()
+    where = {"offset": node.attr("offset"), "align": node.attr("align")}
+    alibi = _Attrs(slopes=node.attr("alibi_slopes"), **where) if node.attr("alibi_slopes") else None
+    s = _matmul(_Attrs(transpose_b=True), bound, q, k)
+    if alibi and node.attr("alibi_before_scale"):
+        s = position_ops.alibi(alibi, bound, s, *lengths)
+    s = s * float(node.attr("scale"))
     if node.attr("softcap"):
         s = node.attr("softcap") * np.tanh(s / node.attr("softcap"))
-    p = _softmax(node, bound, _mask(node, bound, s, *ops))
-    y = _matmul(_Attrs(transpose_b=False), bound, p, v)
+    if alibi and not node.attr("alibi_before_scale"):
+        s = position_ops.alibi(alibi, bound, s, *lengths)
+    if "rel_table" in named:
+        rel = _Attrs(num_buckets=node.attr("rel_buckets"), max_distance=node.attr("rel_max_distance"),
+                     bidirectional=node.attr("rel_bidirectional"), **where)
+        s = position_ops.rel_bias(rel, bound, s, named["rel_table"], *lengths)
+    p = _softmax(node, bound, _mask(node, bound, s, *ops), named.get("sinks"))
+    y = _weighted_sum(node, bound, p, v)
     return (y, p) if node.attr("return_weights") else y
 
 
@@ -98,7 +128,7 @@ ATTENTION_OPS = {
     Op.SOFTCAP: lambda n, b, x: n.attr("cap") * np.tanh(x / n.attr("cap")),
     Op.MASK: _mask,
     Op.SOFTMAX: _softmax,
-    Op.WEIGHTED_SUM: lambda n, b, p, v: _matmul(_Attrs(transpose_b=False), b, p, v),
+    Op.WEIGHTED_SUM: _weighted_sum,
     Op.MERGE_HEADS: lambda n, b, x: x.transpose(0, 2, 1, 3).reshape(x.shape[0], x.shape[2], -1),
     Op.CLAMP: lambda n, b, x: np.clip(x, float(n.attr("low")), float(n.attr("high"))),
     Op.ATTENTION: _attention,

@@ -29,8 +29,8 @@ def _slice(node, bound, x):
     return x[(slice(None),) * axis + (slice(start, stop),)]
 
 
-def _reduce(fn):
-    return lambda n, b, x: fn(x, axis=n.attr("axis"), keepdims=bool(n.attr("keepdims")))
+def _reduce(fn, identity):
+    return lambda n, b, x: fn(x, axis=n.attr("axis"), keepdims=bool(n.attr("keepdims")), initial=identity)
 
 
 PRIMITIVE_OPS = {
@@ -52,13 +52,16 @@ PRIMITIVE_OPS = {
     Op.DIV: lambda n, b, x, y: x / y,
     Op.MAXIMUM: lambda n, b, x, y: np.maximum(x, y),
     Op.MINIMUM: lambda n, b, x, y: np.minimum(x, y),
+    Op.MOD: lambda n, b, x, y: np.mod(x, y),
     Op.LESS: lambda n, b, x, y: x < y,
     Op.LESS_EQUAL: lambda n, b, x, y: x <= y,
     Op.EQUAL: lambda n, b, x, y: x == y,
     Op.AND: lambda n, b, x, y: np.logical_and(x, y),
+    Op.OR: lambda n, b, x, y: np.logical_or(x, y),
+    Op.NOT: lambda n, b, x: np.logical_not(x),
     Op.WHERE: lambda n, b, c, x, y: np.where(c, x, y),
-    Op.REDUCE_MAX: _reduce(np.max),
-    Op.REDUCE_SUM: _reduce(np.sum),
+    Op.REDUCE_MAX: _reduce(np.max, -np.inf),  # over an empty axis: the identity
+    Op.REDUCE_SUM: _reduce(np.sum, 0.0),
     Op.DOT: lambda n, b, x, y: np.matmul(x, y),
     Op.RESHAPE: lambda n, b, x: x.reshape(tuple(dims.evaluate(d, b) for d in n.attr("shape"))),
     Op.TRANSPOSE: lambda n, b, x: x.transpose(n.attr("perm")),

@@ -1,0 +1,78 @@
+"""``DecodeSession``: the decode loop of a static-cache graph, on any backend.
+
+    g = attngraph.causal_self_attention(512, 8, num_kv_heads=2, rotary="half", kv_cache="static", max_len=4096)
+    session = attngraph.DecodeSession(g, "numba", weights=w, batch=2)
+    y = session.prefill(prompt, lengths=[7, 5])     # (B, T, d_model), right-padded; per-row prompt lengths
+    for _ in range(n):
+        y = session.step(token)                      # (B, 1, d_model): one new token per row
+
+The session holds the cache buffers (zeros: a runtime that reads past a row's length then sees finite
+values) and each row's valid length. Every backend writes the new keys and values into those buffers
+in place (``cache_inplace``), so a step costs no copy of the cache.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from attngraph.errors import ConfigError, InputError
+from attngraph.ir import Graph
+from attngraph.ir.dtypes import to_numpy
+from attngraph.lowering.compile import compile as compile_graph
+
+
+class DecodeSession:
+    """Prefill, then one step per token, with the cache kept between calls (see the module docstring)."""
+
+    def __init__(self, graph: Graph, backend: str | Any = "numpy", *, weights: Mapping[str, np.ndarray] | None = None,
+                 batch: int = 1, **options: Any) -> None:
+        names = {v.name: v for v in graph.inputs}
+        if not {"past_key", "past_value", "cache_lengths"} <= set(names):
+            raise ConfigError(f"DecodeSession runs a static-cache graph (kv_cache='static' or 'rolling', inputs "
+                              f"past_key, past_value, cache_lengths); graph {graph.name} takes {sorted(names)}")
+        self.graph = graph
+        self.executable = compile_graph(graph, backend, weights=weights, **options)
+        self.batch = int(batch)
+        self.max_len = int(names["past_key"].type.shape[2])
+        self._caches = {n: np.zeros(tuple(self.batch if d == "batch" else int(d) for d in names[n].type.shape),
+                                    to_numpy(names[n].type.dtype)) for n in ("past_key", "past_value")}
+        self.lengths = np.zeros(self.batch, np.int64)
+        self._rolling = any(n.op.value == "cache_update" and n.attr("mode") == "circular" for n in graph.nodes)
+
+    def reset(self) -> None:
+        """Forget every row's cached tokens (the buffers are kept and zeroed)."""
+        for cache in self._caches.values():
+            cache[...] = 0
+        self.lengths[:] = 0
+
+    def prefill(self, x: np.ndarray, lengths: Sequence[int] | None = None, **inputs: Any) -> np.ndarray:
+        """Run a (right-padded) prompt; ``lengths`` is each row's real length (default: all of it)."""
+        steps = np.asarray(x).shape[1]
+        added = np.full(self.batch, steps, np.int64) if lengths is None else np.asarray(lengths, np.int64)
+        if added.shape != (self.batch,) or (added < 0).any() or (added > steps).any():
+            raise InputError(f"lengths must be {self.batch} numbers in 0..{steps} (each row's prompt length), "
+                             f"got {list(added)}")
+        return self._run(x, added, inputs)
+
+    def step(self, x: np.ndarray, **inputs: Any) -> np.ndarray:
+        """One new token per row: ``x`` is (batch, 1, d_model) (or the graph's first input's shape)."""
+        return self._run(x, np.full(self.batch, np.asarray(x).shape[1], np.int64), inputs)
+
+    def _run(self, x: np.ndarray, added: np.ndarray, inputs: dict) -> np.ndarray:
+        first = self.graph.inputs[0].name
+        if not self._rolling and (self.lengths + np.asarray(x).shape[1] > self.max_len).any():
+            raise InputError(f"the cache holds {self.max_len} tokens; rows at {list(self.lengths)} cannot take "
+                             f"{np.asarray(x).shape[1]} more. Fix: a larger max_len, or reset()")
+        feed = {first: x, "past_key": self._caches["past_key"], "past_value": self._caches["past_value"],
+                "cache_lengths": self.lengths.copy(), **inputs}
+        out = self.executable(feed)
+        for name, out_name in (("past_key", "present_key"), ("past_value", "present_value")):
+            result = np.asarray(out[out_name])
+            if not np.shares_memory(result, self._caches[name]):  # a backend that could not write in place
+                self._caches[name][...] = result
+        self.lengths += added
+        return out[self.graph.outputs[0].name]
+
