@@ -4,17 +4,23 @@ conformance corpus on every installed backend, and an ONNX export rerun by onnxr
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+# what a backend does on its first call in a fresh environment, said while it happens (not a hang)
+FIRST_RUN = {"numba": "compiling kernels on first run, ~30-60 s; cached after that"}
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--d-model", type=int, default=256)
-    p.add_argument("--heads", type=int, default=8)
+    from attngraph.cli.graph_args import positive_int
+
+    p.add_argument("--d-model", type=positive_int, default=256, help="model width of the checked graph")
+    p.add_argument("--heads", type=positive_int, default=8, help="number of heads of the checked graph")
     p.add_argument("--onnx", help="where to write the exported model (default: a temporary file)")
     p.add_argument("--html", help="also write the conformance HTML report")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     choice = select_backend(graph, sizes=sizes)
     print(choice.explain())
     backends = installed_backends()
+    warm_up(backends)
     print(f"\nquick conformance on {', '.join(backends)}:")
     results = run_conformance(select_cases(all_cases(include_onnx=False), quick=True), targets_for(backends),
                               progress=not args.no_progress)
@@ -66,3 +73,32 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nattngraph check: {'FAILED' if failed else 'all good'} in {time.perf_counter() - start:.0f} s")
     print(counts_line(results))
     return 1 if failed else 0
+
+
+def warm_up(backends: list[str], stream=None) -> None:
+    """Compile and run tiny graphs on each backend, one line each on stderr ("preparing numba ... done in
+    41 s"): numba compiles its kernels on first use, about a minute in a fresh environment with no output,
+    which would otherwise look like a hang. A backend that fails here is reported by the conformance run."""
+    from attngraph.frontends.constructors import causal_self_attention, self_attention
+    from attngraph.lowering.compile import compile as compile_graph
+    from attngraph.lowering.weights import Weights
+    from attngraph.testing.random_inputs import random_inputs
+
+    stream = stream or sys.stderr
+    # numba compiles one kernel per argument layout: no mask, a bool mask (an empty batch's is contiguous),
+    # an additive mask, float64: what the quick corpus meets, so the conformance run compiles nothing more
+    boolean = self_attention(8, 2, mask="bool")
+    runs = [(causal_self_attention(8, 2), 1), (boolean, 1), (boolean, 0), (self_attention(8, 2, mask="additive"), 1),
+            (causal_self_attention(8, 2, dtype="float64"), 1)]
+    for name in backends:
+        note = f" ({FIRST_RUN[name]})" if name in FIRST_RUN else ""
+        print(f"preparing {name}{note} ...", end="", file=stream, flush=True)
+        start = time.perf_counter()
+        try:
+            for graph, batch in runs:
+                run_graph = compile_graph(graph, name, weights=Weights.random(graph, seed=0))
+                run_graph(random_inputs(graph, {"batch": batch, "q_len": 3}))
+        except Exception as e:  # noqa: BLE001 - the conformance run reports this backend's failures case by case
+            print(f" failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})", file=stream)
+            continue
+        print(f" done in {time.perf_counter() - start:.1f} s", file=stream, flush=True)

@@ -5,14 +5,24 @@ from __future__ import annotations
 import argparse
 import time
 
+ONNX_STYLES = ("attention", "contrib", "decomposed")  # what the conformance runner can export per case
+
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backends", help="comma-separated backends (default: every installed one)")
+    from attngraph.cli.graph_args import FLOAT_DTYPES, name_list
+    from attngraph.lowering.registry import available_backends
+    from attngraph.passes import PIPELINES
+
+    # names are checked while parsing: a typo is a usage error listing the known names, not a run of failures
+    p.add_argument("--backends", type=name_list(available_backends, "backend(s)"),
+                   help="comma-separated backends (default: every installed one; known: see `attngraph info`)")
     p.add_argument("--cases", help="case name pattern(s), comma-separated, e.g. 'causal*,onnx/*'")
-    p.add_argument("--dtype", choices=["float16", "bfloat16", "float32", "float64"], help="only cases of this dtype")
+    p.add_argument("--dtype", choices=FLOAT_DTYPES, help="only cases of this dtype")
     p.add_argument("--quick", action="store_true", help="only the quick cases (what `attngraph check` runs)")
-    p.add_argument("--pipelines", default="O1", help="comma-separated pass pipelines (O0, O1)")
-    p.add_argument("--styles", default="attention,decomposed", help="ONNX export styles to run")
+    p.add_argument("--pipelines", default="O1", type=name_list(lambda: PIPELINES, "pipeline(s)"),
+                   help=f"comma-separated pass pipelines, of {', '.join(sorted(PIPELINES))}")
+    p.add_argument("--styles", default="attention,decomposed", type=name_list(lambda: ONNX_STYLES, "style(s)"),
+                   help=f"comma-separated ONNX export styles, of {', '.join(ONNX_STYLES)}")
     p.add_argument("--json", help="write the results as JSON")
     p.add_argument("--markdown", help="write the matrix as Markdown")
     p.add_argument("--html", help="write a self-contained HTML report with a heatmap")
@@ -22,9 +32,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _targets(args):
     from attngraph.conformance import installed_backends, targets_for
 
-    backends = [b.strip() for b in args.backends.split(",")] if args.backends else installed_backends()
-    return targets_for(backends, [p.strip() for p in args.pipelines.split(",")],
-                       [s.strip() for s in args.styles.split(",")])
+    return targets_for(args.backends or installed_backends(), args.pipelines, args.styles)
 
 
 def _meta(targets, seconds: float) -> dict:
@@ -39,11 +47,12 @@ def _meta(targets, seconds: float) -> dict:
 def run(args: argparse.Namespace) -> int:
     from attngraph.conformance import all_cases, run_conformance, select_cases
     from attngraph.conformance.report import terminal, write
+    from attngraph.errors import ConfigError
 
     cases = select_cases(all_cases(), args.cases, args.dtype, args.quick)
-    if not cases:
-        print(f"no case matches --cases {args.cases!r} --dtype {args.dtype}")
-        return 2
+    if not cases:  # a usage error: main prints it as one line on stderr and exits 2
+        raise ConfigError(f"no case matches --cases {args.cases!r} --dtype {args.dtype}; "
+                          "`attngraph conformance --no-progress --json F` lists every case name")
     targets = _targets(args)
     start = time.perf_counter()
     results = run_conformance(cases, targets, progress=not args.no_progress)

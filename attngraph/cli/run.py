@@ -11,18 +11,21 @@ from attngraph.cli import show
 
 
 def configure(p: argparse.ArgumentParser) -> None:
+    from attngraph.cli.graph_args import nonnegative_int, positive_int
+
     show.configure(p)
-    p.add_argument("--backend", default="numpy")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--q-len", type=int, default=16)
-    p.add_argument("--kv-len", type=int, default=None, help="key length (cross/core; default q-len)")
-    p.add_argument("--past-len", type=int, default=0, help="cached length with --kv-cache")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--repeat", type=int, default=5, help="timed calls after one warm-up")
+    p.add_argument("--backend", default="numpy", help="backend to run on (see `attngraph info`)")
+    p.add_argument("--weights", metavar="NPZ", help="weights saved with Weights.save (default: random, --seed)")
+    p.add_argument("--batch", type=positive_int, default=2, help="batch size")
+    p.add_argument("--q-len", type=positive_int, default=16, help="query length")
+    p.add_argument("--kv-len", type=positive_int, default=None, help="key length (cross/core; default q-len)")
+    p.add_argument("--past-len", type=nonnegative_int, default=0, help="cached length with --kv-cache")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random inputs and weights")
+    p.add_argument("--repeat", type=positive_int, default=5, help="timed calls after one warm-up")
 
 
 def run(args: argparse.Namespace) -> int:
-    from attngraph.cli.graph_args import graph_from_args
+    from attngraph.cli.graph_args import graph_from_args, load_weights
     from attngraph.lowering.compile import compile as compile_graph
     from attngraph.lowering.weights import Weights
     from attngraph.testing.random_inputs import random_inputs
@@ -32,15 +35,16 @@ def run(args: argparse.Namespace) -> int:
         from attngraph.ir.serialize import save_graph
 
         save_graph(graph, args.save)
-    sizes = {"batch": args.batch, "q_len": args.q_len, "kv_len": args.kv_len or args.q_len, "past_len": args.past_len}
+    weights = load_weights(args.weights, graph) if args.weights else Weights.random(graph, seed=args.seed)
+    kv_len = args.q_len if args.kv_len is None else args.kv_len
+    sizes = {"batch": args.batch, "q_len": args.q_len, "kv_len": kv_len, "past_len": args.past_len}
     inputs = random_inputs(graph, sizes, seed=args.seed)
-    weights = Weights.random(graph, seed=args.seed)
     t0 = time.perf_counter()
     exe = compile_graph(graph, args.backend, weights=weights)
     compile_s = time.perf_counter() - t0
     outputs = exe(inputs)
     times = []
-    for _ in range(max(args.repeat, 1)):
+    for _ in range(args.repeat):
         t0 = time.perf_counter()
         outputs = exe(inputs)
         times.append(time.perf_counter() - t0)

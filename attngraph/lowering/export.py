@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 
 from attngraph.errors import AttnGraphError
+from attngraph.fileio import remove_stale_temps
 from attngraph.ir import Graph
 
 EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to a side file (protobuf caps a file at 2 GiB)
@@ -33,6 +34,7 @@ def export_onnx(graph: Graph, path: str | os.PathLike, weights=None, *, style: s
         external_data = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)  # what killed exports left here (a temp folder may hold 1 GB of weights)
         tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     except OSError as e:
         raise AttnGraphError(f"cannot write the ONNX file {str(path)!r}: {e.strerror or e}; "
@@ -53,3 +55,16 @@ def export_onnx(graph: Graph, path: str | os.PathLike, weights=None, *, style: s
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return path
+
+
+def model_nodes(graph) -> list:
+    """Every node of an ONNX GraphProto, subgraphs (``If`` branches) included, in order."""
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        for attr in node.attribute:
+            if attr.g.node:
+                nodes += model_nodes(attr.g)
+            for sub in attr.graphs:
+                nodes += model_nodes(sub)
+    return nodes

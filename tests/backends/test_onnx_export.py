@@ -95,10 +95,12 @@ def test_export_passes_full_checker_and_is_reproducible(style, tmp_path):
 def test_auto_style_picks_attention_op_and_decomposed_for_float64():
     from attngraph_backends.onnx.export import to_onnx
 
-    ops32 = {n.op_type for n in to_onnx(_graph("gqa"), ag.Weights.random(_graph("gqa"))).graph.node}
+    from attngraph.lowering.export import model_nodes
+
+    ops32 = {n.op_type for n in model_nodes(to_onnx(_graph("gqa"), ag.Weights.random(_graph("gqa"))).graph)}
     assert "Attention" in ops32
     g64 = ag.self_attention(16, 4, dtype="float64")
-    ops64 = {n.op_type for n in to_onnx(g64, ag.Weights.random(g64)).graph.node}
+    ops64 = {n.op_type for n in model_nodes(to_onnx(g64, ag.Weights.random(g64)).graph)}
     assert "Attention" not in ops64 and "Softmax" in ops64
 
 
@@ -207,3 +209,137 @@ def test_from_onnx_then_export_round_trip(tmp_path):
         got = ag.compile(graph, backend)(x)
         np.testing.assert_allclose(got["Y"], direct[0], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(got["W"], direct[1], rtol=1e-5, atol=1e-6)
+
+
+# ---- a loaded file is never taken on its word ----------------------------------------------------
+
+from attngraph.errors import UnsupportedModel
+
+
+def _exported(tmp_path, feature="causal", style="attention", **kw):
+    graph = _graph(feature)
+    w = ag.Weights.random(graph, seed=3)
+    return graph, w, ag.export_onnx(graph, tmp_path / f"{feature}-{style}.onnx", weights=w, style=style, **kw)
+
+
+def _edit(path, change) -> str:
+    """Load ``path`` (external data left where it is), apply ``change(model)``, save beside it."""
+    model = onnx.load(str(path), load_external_data=False)
+    change(model)
+    out = path.with_name("edited-" + path.name)
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def _set_metadata_graph(model, edit_json) -> None:
+    import json
+
+    prop = next(p for p in model.metadata_props if p.key == "attngraph.graph")
+    data = json.loads(prop.value)
+    edit_json(data["graph"])
+    prop.value = json.dumps(data)
+
+
+@pytest.mark.parametrize("external_data", [False, True])
+@pytest.mark.parametrize("style", ["decomposed", "attention", "contrib"])
+def test_faithful_exports_compile_and_match_numpy(style, external_data, tmp_path):
+    graph, w, path = _exported(tmp_path, style=style, external_data=external_data)
+    if external_data:
+        assert (tmp_path / f"{path.name}.data").stat().st_size > 0
+    run = ag.compile(path, "onnx")
+    assert run.graph == graph, "a faithful export is described by the graph it embeds"
+    x = random_inputs(graph, SIZES[0], seed=4)
+    want = ag.compile(graph, "numpy", weights=w)(x)
+    for name, arr in run(x).items():
+        np.testing.assert_allclose(arr, want[name], rtol=1e-5, atol=1e-6, err_msg=f"{style}/{name}")
+
+
+def test_nodes_replaced_under_kept_metadata_are_refused(tmp_path):
+    """The repro: an exported self-attention whose nodes became one Neg; the metadata still says attention."""
+    from onnx import helper
+
+    _, _, path = _exported(tmp_path, feature="self")
+
+    def to_neg(model):
+        del model.graph.node[:]
+        model.graph.node.append(helper.make_node("Neg", ["x"], ["y"]))
+
+    with pytest.raises(UnsupportedModel, match=r"the model's nodes do not match its embedded attngraph graph: "
+                                                  r"it has 1 node\(s\) where the export has \d+; .*'Neg'"):
+        ag.compile(_edit(path, to_neg), "onnx")
+
+
+@pytest.mark.parametrize("what", ["scale_in_json", "causal_in_json", "input_shape", "input_dtype", "constant_data",
+                                  "param_shape", "extra_node", "node_scale"])
+def test_model_and_metadata_that_disagree_are_caught(what, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    _, _, path = _exported(tmp_path)
+
+    def edit_attrs(op, key, value):
+        def edit(g):
+            for n in g["nodes"]:
+                if n["op"] == op:
+                    n["attrs"][key] = value
+        return lambda model: _set_metadata_graph(model, edit)
+
+    def constant(model):
+        t = next(t for t in model.graph.initializer if not t.name.startswith(("w_", "b_")))
+        t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t) + 1, t.name))
+
+    def param_shape(model):
+        t = next(t for t in model.graph.initializer if t.name == "w_q")
+        t.CopyFrom(numpy_helper.from_array(np.zeros((16, 8), np.float32), "w_q"))
+
+    def node_scale(model):
+        def nodes(g):  # subgraphs (If branches) included
+            for n in g.node:
+                yield n
+                for a in n.attribute:
+                    yield from (x for sub in [a.g, *a.graphs] for x in nodes(sub))
+
+        node = next(n for n in nodes(model.graph) if n.op_type == "Attention")
+        next(a for a in node.attribute if a.name == "scale").f *= 2
+
+    changes = {
+        "scale_in_json": edit_attrs("scale", "value", 0.123),
+        "causal_in_json": edit_attrs("mask", "causal", False),
+        "input_shape": lambda m: m.graph.input[0].type.tensor_type.shape.dim[2].__setattr__("dim_value", 32),
+        "input_dtype": lambda m: m.graph.input[0].type.tensor_type.__setattr__("elem_type", TensorProto.DOUBLE),
+        "constant_data": constant,
+        "param_shape": param_shape,
+        "extra_node": lambda m: m.graph.node.append(helper.make_node("Identity", ["x"], ["x_copy"])),
+        "node_scale": node_scale,
+    }
+    with pytest.raises(UnsupportedModel, match="do not match its embedded attngraph graph"):
+        ag.compile(_edit(path, changes[what]), "onnx")
+
+
+def test_truncated_external_weights_are_refused_before_anything_is_allocated(tmp_path):
+    _, _, path = _exported(tmp_path, external_data=True)
+    data = tmp_path / f"{path.name}.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(UnsupportedModel, match=r"initializer '\w+' stores fewer elements than its shape"):
+        ag.compile(path, "onnx")
+
+
+def test_a_single_attention_node_under_foreign_metadata_runs_as_what_it_is(tmp_path):
+    """Metadata that does not describe the nodes is ignored: the model is read from its own nodes."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Attention", ["X", "X", "X"], ["Y"], is_causal=1, q_num_heads=4, kv_num_heads=4)
+    model = helper.make_model(helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["B", "S", 16])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)]), opset_imports=[helper.make_opsetid("", 23)])
+    model.ir_version = 10
+    claimed = ag.self_attention(16, 4)  # what the metadata says: a projected, non-causal self-attention
+    helper.set_model_props(model, {"attngraph.graph": ag.to_json(claimed), "attngraph.style": "attention"})
+    path = tmp_path / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    run = ag.compile(path, "onnx")
+    assert run.graph == ag.from_onnx(model) and [v.name for v in run.graph.inputs] == ["X"]
+    x = np.random.default_rng(0).standard_normal((2, 5, 16), dtype=np.float32)
+    want = ort.InferenceSession(model.SerializeToString()).run(["Y"], {"X": x})[0]
+    np.testing.assert_allclose(run(X=x)["Y"], want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ag.compile(run.graph, "numpy")(X=x)["Y"], want, rtol=2e-5, atol=2e-6)

@@ -168,3 +168,134 @@ def test_fallback_when_the_chosen_backend_fails(monkeypatch, broken_backends):
     np.testing.assert_allclose(y, ag.compile(g, "numpy", weights=w)(x)["y"])
     with pytest.raises(ag.InputError):  # bad input is the user's error, not a reason to fall back
         ex(x=np.zeros((1, 3, 5), np.float32))
+
+
+# ---- the autotune cache is advisory: bad files, bad entries and unwritable folders never stop a compile
+
+def _fake_timer(monkeypatch):
+    """Replace the subprocess measurement by a fixed one (numpy fastest) and count the calls."""
+    calls = []
+
+    def fake(graph, weights, sizes, names, **kwargs):
+        calls.append(dict(sizes))
+        return {n: (0.5 if n == "numpy" else 1.0 + i) for i, n in enumerate(names)}
+
+    monkeypatch.setattr(autotune, "time_backends", fake)
+    return calls
+
+
+def _autotuned(g):
+    return ag.compile(g, "auto", weights=ag.Weights.random(g, seed=0), autotune=True, sizes={"batch": 2, "q_len": 8})
+
+
+def _cache_warnings(record):
+    return [str(w.message) for w in record if "autotune" in str(w.message)]
+
+
+@pytest.mark.parametrize("bad_entry", [
+    [1, 2],                                             # an entry that is a list
+    {"times_ms": [["numpy", 1.0]]},                     # times not a dict
+    {"times_ms": {"numpy": "fast", "onnx": 1.0}},       # a time that is not a number
+    {"times_ms": {"numpy": None}},
+    {"times_ms": {}},                                   # nothing measured
+    "garbage",
+])
+def test_a_malformed_cache_entry_is_ignored_with_one_warning_and_replaced(cache_dir, monkeypatch, bad_entry):
+    import warnings
+
+    calls = _fake_timer(monkeypatch)
+    g = ag.causal_self_attention(16, 2)
+    _autotuned(g)
+    path = cache_dir / "autotune.json"
+    data = json.loads(path.read_text())
+    (key,) = data["entries"]
+    data["entries"][key] = bad_entry
+    data["entries"]["another|bad|key"] = bad_entry
+    path.write_text(json.dumps(data))
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ex = _autotuned(g)
+    assert len(_cache_warnings(record)) == 1, _cache_warnings(record)
+    assert "malformed entr" in _cache_warnings(record)[0] and str(path) in _cache_warnings(record)[0]
+    assert len(calls) == 2 and ex.backend == "auto:numpy"
+    entries = json.loads(path.read_text())["entries"]
+    assert set(entries) == {key} and entries[key]["times_ms"]["numpy"] == 0.5  # measured again and replaced
+
+
+@pytest.mark.parametrize("bad_file", ['{"version": 1, "entries": []}', '{"version": 1, "entries": "x"}', "[]",
+                                      '{"version": 1}', "\x00\x01"])
+def test_a_malformed_cache_file_is_ignored_with_one_warning(cache_dir, monkeypatch, bad_file):
+    import warnings
+
+    calls = _fake_timer(monkeypatch)
+    (cache_dir / "autotune.json").write_text(bad_file)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ex = _autotuned(ag.self_attention(16, 2))
+    assert len(_cache_warnings(record)) == 1 and "unreadable autotune cache" in _cache_warnings(record)[0]
+    assert len(calls) == 1 and ex.backend == "auto:numpy"
+    assert len(json.loads((cache_dir / "autotune.json").read_text())["entries"]) == 1
+
+
+def _unwritable_folder(tmp_path):
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    if os.access(folder, os.W_OK):  # root writes anyway
+        folder.chmod(0o700)
+        pytest.skip("running as root: a read-only folder is still writable")
+    return folder
+
+
+@pytest.mark.parametrize("arrange", ["unwritable folder", "folder where the file goes", "file where the folder goes"])
+def test_an_unusable_cache_location_skips_saving_with_one_warning(tmp_path, monkeypatch, arrange):
+    import warnings
+
+    if arrange == "unwritable folder":
+        folder = _unwritable_folder(tmp_path)
+    elif arrange == "folder where the file goes":
+        folder = tmp_path / "cache"
+        (folder / "autotune.json").mkdir(parents=True)
+    else:
+        (tmp_path / "blocker").write_text("a file, not a folder")
+        folder = tmp_path / "blocker" / "cache"
+    monkeypatch.setenv("ATTNGRAPH_CACHE_DIR", str(folder))
+    calls = _fake_timer(monkeypatch)
+    try:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            ex = _autotuned(ag.self_attention(16, 2))
+    finally:
+        folder.chmod(0o700) if arrange == "unwritable folder" else None
+    found = _cache_warnings(record)
+    assert len(found) == 1 and "cannot save the measurement" in found[0] and "ATTNGRAPH_CACHE_DIR" in found[0], found
+    assert len(calls) == 1 and ex.backend == "auto:numpy"  # the measured order is still used
+    assert ex.selection.tuned == {n: (0.5 if n == "numpy" else 1.0 + i) for i, n in enumerate(ex.selection.order)}
+
+
+def test_sizes_are_normalised_to_the_symbols_the_graph_uses():
+    g = ag.causal_self_attention(16, 2)
+    assert autotune.normalize_sizes(g, {"batch": 2, "q_len": 128}) == {"batch": 2, "q_len": 128}
+    assert autotune.normalize_sizes(g, {"batch": 2, "q_len": 128, "kv_len": 128, "past_len": 0}) == \
+        {"batch": 2, "q_len": 128}
+    cached = ag.causal_self_attention(16, 2, kv_cache=True)
+    assert autotune.normalize_sizes(cached, {"batch": 2, "q_len": 1}) == {"batch": 2, "past_len": 0, "q_len": 1}
+    cross = ag.cross_attention(16, 2)
+    assert autotune.normalize_sizes(cross, {"q_len": 4}) == {"batch": 1, "kv_len": 4, "q_len": 4}
+    with pytest.raises(ag.ConfigError, match="autotune size q_len='128' must be an int >= 0"):
+        autotune.normalize_sizes(g, {"q_len": "128"})
+
+
+def test_the_tune_command_and_compile_share_one_cache_entry(cache_dir, monkeypatch, capsys):
+    from attngraph.cli import main
+
+    calls = _fake_timer(monkeypatch)
+    assert main(["tune", "--causal", "--d-model", "32", "--heads", "4", "--batch", "2", "--q-len", "128"]) == 0
+    assert len(calls) == 1 and "autotune: numpy 0.50 ms" in capsys.readouterr().out
+    g = ag.causal_self_attention(32, 4)
+    ex = ag.compile(g, "auto", weights=ag.Weights.random(g, seed=0), autotune=True,
+                    sizes={"batch": 2, "q_len": 128})  # the README's form
+    assert len(calls) == 1, "compile(autotune=True) measured again instead of reading the tune command's entry"
+    assert ex.backend == "auto:numpy" and ex.selection.tuned["numpy"] == 0.5
