@@ -41,6 +41,7 @@ from attngraph.frontends.constructors import (
 )
 from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch
+from attngraph.frontends.transformers import from_transformers
 from attngraph.ir import DType, Graph, Node, Op, TensorType, Value
 from attngraph.ir.builder import GraphBuilder
 from attngraph.ir.printer import format_graph
@@ -51,17 +52,18 @@ from attngraph.lowering import Backend, Executable, Rules
 from attngraph.lowering.compile import compile  # noqa: F401 - public, but not in __all__ (shadows the builtin)
 from attngraph.lowering.export import export_onnx
 from attngraph.lowering.registry import available_backends, get_backend, register_backend
+from attngraph.lowering.session import DecodeSession
 from attngraph.lowering.weights import Weights
 from attngraph.passes import PIPELINES, run_pipeline
 from attngraph.selection import select_backend
 from attngraph.version import __version__
 
 __all__ = [  # `compile` is left out so `from attngraph import *` never shadows the builtin
-    "AttentionConfig", "AttnGraphError", "Backend", "BackendUnavailable", "ConfigError", "DType",
+    "AttentionConfig", "AttnGraphError", "Backend", "BackendUnavailable", "ConfigError", "DType", "DecodeSession",
     "Executable", "Graph", "GraphBuilder", "GraphError", "InputError", "LoweringError", "Node", "Op",
     "PIPELINES", "Rules", "SEMANTICS", "SerializationError", "TensorType", "Unsupported", "Value",
     "WeightError", "Weights", "__version__", "available_backends", "build_attention", "causal_self_attention",
     "core_attention", "cross_attention", "export_onnx", "format_graph", "from_json", "from_onnx",
-    "from_torch", "get_backend", "load_graph", "register_backend", "run_pipeline", "save_graph",
+    "from_torch", "from_transformers", "get_backend", "load_graph", "register_backend", "run_pipeline", "save_graph",
     "select_backend", "self_attention", "to_json", "verify_graph",
 ]

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attngraph.cli import check, conformance, export, info, run, show, tune
+from attngraph.cli import check, conformance, export, hf, info, run, show, tune
 from attngraph.errors import AttnGraphError
 
 
@@ -42,25 +42,52 @@ COMMANDS: dict[str, Command] = {
                      check.configure, check.run),
     "tune": Command("time the eligible backends for a graph at given sizes and cache the winner",
                     tune.configure, tune.run),
+    "hf-export": Command("list the attention layers of a local Hugging Face checkpoint and export them to ONNX",
+                         hf.configure, hf.run),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line, ``attngraph <command>: error: ...``, exit status 2: the same
+    form as the errors a command reports itself (argparse's default prints the whole usage first)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each help text ends with its default, except where that says nothing (None, a flag's False) or the
+    help text already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="attngraph", description="attention graphs on every backend")
+    """The ``attngraph`` parser: one sub-command per ``COMMANDS`` entry; help shows defaults and choices."""
+    parser = _Parser(prog="attngraph", description="attention graphs on every backend")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in COMMANDS.items():
         cmd.configure(sub.add_parser(name, help=cmd.help, description=cmd.help,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter))
+                                     formatter_class=_HelpFormatter))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run one command; returns the exit status (0 ok, 1 a failed check, 2 a usage error)."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, already printed): a status, not an exception
+        return e.code if isinstance(e.code, int) else 2
     try:
         return COMMANDS[args.command].run(args)
     except (AttnGraphError, KeyError, OSError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"attngraph {args.command}: error: {msg}", file=sys.stderr)
+        # one line: a GraphError's "\n  at: <node>" context joins the message instead of starting a new line
+        line = " ".join(part.strip() for part in str(msg).splitlines() if part.strip())
+        print(f"attngraph {args.command}: error: {line}", file=sys.stderr)
         return 2
 
 
