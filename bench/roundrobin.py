@@ -1,0 +1,60 @@
+"""Timing helpers for benchmarks whose contenders run in one process: round-robin rounds, so a burst of
+other work on a shared machine hits every contender alike, and medians with their spread."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Timing:
+    name: str
+    samples: list[float]
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples) * 1e3
+
+    @property
+    def spread(self) -> str:
+        lo, hi = min(self.samples) * 1e3, max(self.samples) * 1e3
+        return f"{lo:.2f}-{hi:.2f}"
+
+
+def round_robin(runs: Mapping[str, Callable[[], object]], *, rounds: int = 7, warmup: int = 1,
+                budget_s: float = 30.0) -> dict[str, Timing]:
+    """Call every run once per round, in turn, for ``rounds`` rounds (fewer when ``budget_s`` runs out after
+    at least 3); returns each run's samples. ``warmup`` untimed calls each first (compiles, caches)."""
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    start = time.perf_counter()
+    for r in range(rounds):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            samples[name].append(time.perf_counter() - t0)
+        if r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return {name: Timing(name, s) for name, s in samples.items()}
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table."""
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def publish(lines: list[str], out: str | None) -> None:
+    """Print the report and, with ``out``, write it there as Markdown."""
+    report = "\n".join(lines)
+    print(report)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(report + "\n")
