@@ -118,7 +118,8 @@ def decode_table(batch, cache, args):
         if read is not None:
             step()
             errors[name] = float(np.abs(read() - ref).max() / np.abs(ref).max())
-    timings = round_robin({n: s for n, (s, _) in runs.items()}, rounds=args.rounds, warmup=2, budget_s=args.budget)
+    timings = round_robin({n: s for n, (s, _) in runs.items()}, rounds=args.rounds, warmup=2, budget_s=args.budget,
+                          inner=3, pause_s=0.02)
     floor = timings["floor: copy the cache"].median_ms
     peers = {n: t.median_ms for n, t in timings.items() if n in PEERS}
     best_peer = min(peers.values())
@@ -142,7 +143,7 @@ def flat_table(args):
         shapes = _problem(1, args.heads, args.kv_heads, args.head_dim, max_len, args.flat_length)
         runs = contenders(shapes, args.flat_length, args.threads, names)
         timings = round_robin({n: s for n, (s, _) in runs.items()}, rounds=args.rounds, warmup=2,
-                              budget_s=args.budget)
+                              budget_s=args.budget, inner=3, pause_s=0.02)
         for n in names:
             medians[n].append(timings[n].median_ms)
     rows = [[n, *(f"{m:.2f}" for m in medians[n]), f"{max(medians[n]) / min(medians[n]):.2f}"] for n in names]

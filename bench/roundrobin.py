@@ -26,9 +26,13 @@ class Timing:
 
 
 def round_robin(runs: Mapping[str, Callable[[], object]], *, rounds: int = 7, warmup: int = 1,
-                budget_s: float = 30.0) -> dict[str, Timing]:
-    """Call every run once per round, in turn, for ``rounds`` rounds (fewer when ``budget_s`` runs out after
-    at least 3); returns each run's samples. ``warmup`` untimed calls each first (compiles, caches)."""
+                budget_s: float = 30.0, inner: int = 1, pause_s: float = 0.0) -> dict[str, Timing]:
+    """Call every run in turn, for ``rounds`` rounds (fewer when ``budget_s`` runs out after at least 3);
+    returns each run's samples. ``warmup`` untimed calls each first (compiles, caches).
+
+    ``inner`` calls back to back make one sample (their median), and ``pause_s`` of sleep comes before
+    each contender's turn: thread pools that spin after a call (onnxruntime's, OpenMP's) then stop
+    before the next contender starts, instead of stealing its cores."""
     for run in runs.values():
         for _ in range(warmup):
             run()
@@ -36,9 +40,14 @@ def round_robin(runs: Mapping[str, Callable[[], object]], *, rounds: int = 7, wa
     start = time.perf_counter()
     for r in range(rounds):
         for name, run in runs.items():
-            t0 = time.perf_counter()
-            run()
-            samples[name].append(time.perf_counter() - t0)
+            if pause_s:
+                time.sleep(pause_s)
+            calls = []
+            for _ in range(inner):
+                t0 = time.perf_counter()
+                run()
+                calls.append(time.perf_counter() - t0)
+            samples[name].append(statistics.median(calls))
         if r >= 2 and time.perf_counter() - start > budget_s:
             break
     return {name: Timing(name, s) for name, s in samples.items()}

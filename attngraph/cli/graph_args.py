@@ -58,6 +58,13 @@ def name_list(known: Callable[[], Iterable[str]], what: str) -> Callable[[str], 
     return parse
 
 
+def bias_letters(text: str) -> str:
+    """An argparse ``type``: some of the letters q, k, v, o, each once."""
+    if not text or any(c not in "qkvo" for c in text) or len(set(text)) != len(text):
+        raise argparse.ArgumentTypeError(f"expected some of the letters q, k, v, o (e.g. qkv), got {text!r}")
+    return text
+
+
 def add_graph_args(p: argparse.ArgumentParser) -> None:
     """Flags for building an attention graph, or ``--load FILE`` for a saved one."""
     g = p.add_argument_group("graph (built from flags unless --load is given)")
@@ -71,6 +78,8 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--kdim", type=positive_int, help="cross attention: key input width")
     g.add_argument("--vdim", type=positive_int, help="cross attention: value input width")
     g.add_argument("--no-bias", action="store_true", help="projections without bias")
+    g.add_argument("--bias-on", metavar="LETTERS", type=bias_letters,
+                   help="only these projections have a bias, of q, k, v, o (Qwen2: qkv; Whisper: qvo)")
     g.add_argument("--causal", action="store_true", help="causal mask")
     g.add_argument("--window", type=int_at_least(-1), nargs=2, metavar=("LEFT", "RIGHT"),
                    help="sliding window; -1 = unbounded")
@@ -79,7 +88,24 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scale", type=finite_float, help="score scale (default 1/sqrt(head_dim))")
     g.add_argument("--softcap", type=finite_float, help="softcap * tanh(scores / softcap); default off")
     g.add_argument("--clip-qkv", type=finite_float, help="clamp projected Q, K, V to [-c, c] (MPT)")
-    g.add_argument("--kv-cache", action="store_true", help="past_key/past_value in, present out")
+    g.add_argument("--kv-cache", nargs="?", const="concat", choices=["concat", "static", "rolling"],
+                   help="past_key/past_value in, present out: concat (present = past + new; the bare flag), "
+                        "static (fixed max_len buffers written in place at cache_lengths) or rolling (circular)")
+    g.add_argument("--max-len", type=positive_int, help="static/rolling cache slots per row")
+    pos = p.add_argument_group("positions and normalisation")
+    pos.add_argument("--rotary", choices=["half", "interleaved"], help="rotary embedding on Q and K, by pairing")
+    pos.add_argument("--rotary-dim", type=positive_int, help="rotate only the first N dims of each head")
+    pos.add_argument("--rope-theta", type=finite_float, default=10000.0, help="rotary base")
+    pos.add_argument("--position-ids", action="store_true", help="a position_ids input drives the rotary angles")
+    pos.add_argument("--rope-cache", action="store_true", help="cos_cache/sin_cache inputs (any scaling scheme)")
+    pos.add_argument("--qk-norm", choices=["rms", "rms_plus_one", "rms_full"], help="RMSNorm on Q and K")
+    pos.add_argument("--qk-norm-eps", type=finite_float, default=1e-6, help="QK-norm epsilon")
+    pos.add_argument("--sinks", action="store_true", help="one learned sink logit per q head")
+    pos.add_argument("--alibi", choices=["after_scale", "before_scale"], help="ALiBi, added after (Bloom) or "
+                     "before (Falcon) the scale")
+    pos.add_argument("--rel-bias", action="store_true", help="T5 bucketed relative position bias")
+    pos.add_argument("--rel-buckets", type=positive_int, default=32, help="T5 num_buckets")
+    pos.add_argument("--rel-max-distance", type=positive_int, default=128, help="T5 max_distance")
     g.add_argument("--return-weights", action="store_true", help="attention weights as an output")
     g.add_argument("--layout", choices=["4d", "3d"], default="4d", help="core attention input layout")
     g.add_argument("--dtype", choices=FLOAT_DTYPES, default="float32", help="storage dtype of the graph")
@@ -95,9 +121,14 @@ def graph_from_args(args: argparse.Namespace) -> Graph:
             kind=args.kind, num_heads=args.heads, d_model=None if args.kind == "core" else args.d_model,
             num_kv_heads=args.kv_heads, head_dim=args.head_dim or (args.d_model // args.heads if args.kind == "core"
                                                                   else None),
-            v_head_dim=args.v_head_dim, kdim=args.kdim, vdim=args.vdim, bias=not args.no_bias,
+            v_head_dim=args.v_head_dim, kdim=args.kdim, vdim=args.vdim,
+            bias=args.bias_on if args.bias_on else not args.no_bias,
             causal=args.causal, window=tuple(args.window) if args.window else None, key_padding=args.key_padding,
-            mask=args.mask, scale=args.scale, softcap=args.softcap, clip_qkv=args.clip_qkv, kv_cache=args.kv_cache,
+            mask=args.mask, scale=args.scale, softcap=args.softcap, clip_qkv=args.clip_qkv,
+            kv_cache=args.kv_cache or False, max_len=args.max_len, rotary=args.rotary, rotary_dim=args.rotary_dim,
+            rope_theta=args.rope_theta, position_ids=args.position_ids, rope_cache=args.rope_cache,
+            qk_norm=args.qk_norm, qk_norm_eps=args.qk_norm_eps, sinks=args.sinks, alibi=args.alibi,
+            rel_bias=args.rel_bias, rel_buckets=args.rel_buckets, rel_max_distance=args.rel_max_distance,
             score_outputs=("weights",) if args.return_weights else (), layout=args.layout, dtype=args.dtype)
         graph = build_attention(config)
     return run_pipeline(graph, args.pipeline)
@@ -105,31 +136,11 @@ def graph_from_args(args: argparse.Namespace) -> Graph:
 
 def load_weights(path: str, graph: Graph):
     """``--weights FILE.npz``: arrays saved with ``Weights.save``, checked against ``graph``'s params by
-    name, shape and dtype. Any problem (missing file, not an npz, wrong names or shapes) is one
-    ``WeightError`` that names the file, so the command line reports it as a usage error."""
-    import zipfile
-
+    name, shape and dtype. Any problem is one ``WeightError`` naming the file (a usage error on the
+    command line)."""
     from attngraph.lowering.weights import Weights
 
-    fix = "save weights with attngraph.Weights({...}).save('w.npz'), or leave out --weights for random ones"
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except FileNotFoundError:
-        raise WeightError(f"--weights {path!r}: no such file; {fix}") from None
-    except OSError as e:
-        raise WeightError(f"--weights {path!r} cannot be read ({e.strerror or e}); {fix}") from None
-    if not zipfile.is_zipfile(path):  # an .npz is a zip; numpy would call any other file 'pickled data'
-        raise WeightError(f"--weights {path!r} is not an .npz file: expected a zip archive of named arrays, "
-                          f"got a file starting with {head!r}; {fix}")
-    try:
-        weights = Weights.load(path)
-    # np.load's errors for a zip that is not an npz of plain arrays: object arrays (ValueError), a member
-    # that is not an .npy (ValueError, EOFError), a truncated member (BadZipFile, OSError)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise WeightError(f"--weights {path!r} is not an .npz of named arrays ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); {fix}") from None
-    try:
-        return weights.check(graph)
+        return Weights.load(path).check(graph)
     except WeightError as e:
-        raise WeightError(f"--weights {path!r}: {e}") from None
+        raise WeightError(f"--weights {path!r}: {e}; or leave out --weights for random ones") from None

@@ -49,6 +49,14 @@ SEMANTICS: tuple[Rule, ...] = (
          ("self_attention_projections",)),
     Rule("KV cache", "`present = concat(past, new)` on the sequence axis; past goes in and present comes out "
          "together", ("kv_cache_prefill", "decode_one_token_kv_cache")),
+    Rule("static KV cache", "a fixed `(B, kv_heads, max_len, D)` buffer and per-row `cache_lengths` `len_b`: the "
+         "new keys are written at `len_b ... len_b + q_len - 1`, and query `i` sees keys `j <= len_b + i` "
+         "(bottom-right per row, the opset-24 errata); slots past `len_b + q_len` are never read, so garbage or NaN "
+         "there cannot leak; the output cache is the input buffer, updated in place (`cache_inplace=False`: a new "
+         "array)", ("static_cache_ragged_decode", "static_cache_chunked_prefill", "static_cache_full")),
+    Rule("rolling KV cache", "a static cache of `max_len` = window slots written circularly (slot `p % max_len` for "
+         "position `p`): a causal sliding-window layer sees its last `max_len` keys", ("rolling_cache_decode_wrapped",
+                                                                                      "rolling_cache_prefill")),
     Rule("NaN / Inf in inputs", "propagate; never silently replaced", ("nan_in_one_input",)),
     Rule("masked keys", "a masked key takes no part in anything: NaN or inf in its key or value never reaches the "
          "output (a key of attention weight exactly 0 contributes nothing)",

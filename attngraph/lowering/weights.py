@@ -88,9 +88,34 @@ class Weights(Mapping[str, np.ndarray]):
 
     @classmethod
     def load(cls, path) -> Weights:
-        """Read an ``.npz`` file written by ``save``; object arrays are refused (no pickle)."""
-        with np.load(path, allow_pickle=False) as data:
-            return cls({k: data[k] for k in data.files})
+        """Read an ``.npz`` file written by ``save``; object arrays are refused (no pickle). Any problem (no
+        such file, not an npz, a member that is not a plain array) is one ``WeightError`` naming the file."""
+        import zipfile
+
+        fix = "save weights with attngraph.Weights({...}).save('w.npz')"
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4)
+        except FileNotFoundError:
+            raise WeightError(f"weights file {str(path)!r}: no such file; {fix}") from None
+        except OSError as e:
+            raise WeightError(f"weights file {str(path)!r} cannot be read ({e.strerror or e}); {fix}") from None
+        if not zipfile.is_zipfile(path):  # an .npz is a zip; numpy would call any other file 'pickled data'
+            raise WeightError(f"weights file {str(path)!r} is not an .npz file: expected a zip archive of named "
+                              f"arrays, got a file starting with {head!r}; {fix}")
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        # np.load's errors for a zip that is not an npz of plain arrays: object arrays (ValueError), a member
+        # that is not an .npy (ValueError, EOFError), a truncated member (BadZipFile, OSError)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            raise WeightError(f"weights file {str(path)!r} is not an .npz of named arrays ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else 'unreadable'}); {fix}") from None
+        odd = {k: a.dtype.str for k, a in arrays.items() if isinstance(a, np.ndarray) and a.dtype.kind not in "biuf"}
+        if odd or not all(isinstance(a, np.ndarray) for a in arrays.values()):
+            raise WeightError(f"weights file {str(path)!r} holds members that are not numeric arrays "
+                              f"({odd or 'not .npy'}); {fix}")
+        return cls(arrays)
 
 
 def _frozen_copy(value) -> np.ndarray:

@@ -34,10 +34,15 @@ class Problem:
 
 
 # (name, condition, order, reason): the first row whose condition holds gives the order. CPU rows
-# from bench/reports/cpu-default.md (d_model 512, 8 heads, fp32, B 1 and 8, T 128..4096, 2 cores).
+# from bench/reports/cpu-default.md (d_model 512, 8 heads, fp32, B 1 and 8, T 128..4096, 2 cores) and,
+# for decode, bench/reports/cpu-decode.md (32/8 heads, head dim 128, B 1 and 8, cache 1024..16384).
 RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], str]] = [
     ("cuda", lambda hw, p: bool(hw.cuda) and "torch" in hw.backends, ("torch", "onnx", "numba", "numpy"),
      "a CUDA GPU is present: torch runs SDPA's fused flash / memory-efficient kernels on it"),
+    ("cpu-decode", lambda hw, p: p.q_len <= 16 and p.kv_len >= 512, ("numba", "onnx", "torch", "numpy"),
+     "CPU, a decode step (q_len <= 16) against a long cache: Numba's split-K decode kernel reads each cached "
+     "byte once, straight from the caller's buffer (bench/reports/cpu-decode.md: fastest at B 1/8, cache "
+     "1024-16384); onnxruntime's Attention reads the whole max_len buffer"),
     ("cpu-full", lambda hw, p: not p.causal and p.kv_len <= 2048, ("onnx", "torch", "numba", "numpy"),
      "CPU, no causal mask, kv_len <= 2048: onnxruntime's fused graph measured fastest or within a few %"),
     ("cpu", lambda hw, p: True, ("torch", "numba", "onnx", "numpy"),

@@ -94,13 +94,13 @@ def decode_attention(q, k, v, offsets, lengths, scale, softcap, causal, wl, wr, 
     _merge(part_m, part_l, part_acc, group, sq, sinks, has_sinks, out)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _merge(part_m, part_l, part_acc, group, sq, sinks, has_sinks, out):
     """Each row's partials as one softmax: rescale every split to the row's overall max (the sink's
     logit counts as one more term); a NaN partial keeps the row NaN; a row with no mass gives 0."""
     batch, hkv, splits, rows = part_m.shape
     dv = part_acc.shape[4]
-    for task in prange(batch * hkv * rows):
+    for task in range(batch * hkv * rows):  # O(rows x dv) work: a second parallel launch costs more
         b = task // (hkv * rows)
         kvh = (task // rows) % hkv
         r = task % rows

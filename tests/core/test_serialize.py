@@ -86,6 +86,24 @@ def test_weights_npz_round_trip(tmp_path):
         np.testing.assert_array_equal(w[name], back[name])
 
 
+def test_weight_files_that_are_not_npz_of_arrays_are_weight_errors(tmp_path):
+    """Weights.load never raises NumPy's or zipfile's own errors: each is a WeightError naming the file."""
+    import zipfile
+
+    from attngraph.errors import WeightError
+
+    (tmp_path / "text.npz").write_text("hello")
+    with zipfile.ZipFile(tmp_path / "other.npz", "w") as z:
+        z.writestr("w_q.npy", b"not an npy")
+    np.savez(tmp_path / "objects.npz", w_q=np.array([{"a": 1}], dtype=object))
+    cases = {"missing.npz": "no such file", "text.npz": "is not an .npz file", "other.npz": "not numeric arrays",
+             "objects.npz": "not an .npz of named"}
+    for name, message in cases.items():
+        with pytest.raises(WeightError, match=message) as err:
+            ag.Weights.load(tmp_path / name)
+        assert name in str(err.value)
+
+
 # ---- hostile and unusual files: non-finite numbers, depth, size, and a fuzz over mutated graphs
 
 def _o1_text(**kw) -> str:

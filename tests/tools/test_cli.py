@@ -178,3 +178,37 @@ def test_help_of_every_command_shows_defaults_and_choices(capsys):
                 assert choice in text, f"attngraph {name} --help does not list {choice!r}"
             if action.default not in (None, False) and "default" not in action.help:
                 assert f"(default: {action.default})" in text, f"attngraph {name} --help hides {action.dest}'s default"
+
+
+def test_position_and_cache_flags_build_the_graph(tmp_path, capsys):
+    """Issue 14/16 knobs from the command line: the graph printed is the builder's for the same knobs."""
+    flags = ["--causal", "--kv-heads", "2", "--rotary", "half", "--rotary-dim", "8", "--qk-norm", "rms_plus_one",
+             "--sinks", "--kv-cache", "static", "--max-len", "32", "--bias-on", "qkv"]
+    assert main(["show", *flags]) == 0
+    printed = capsys.readouterr().out.strip()
+    built = ag.causal_self_attention(64, 4, num_kv_heads=2, rotary="half", rotary_dim=8, qk_norm="rms_plus_one",
+                                     sinks=True, kv_cache="static", max_len=32, bias="qkv")
+    assert printed == str(built)
+    assert main(["show", "--alibi", "before_scale", "--causal"]) == 0
+    assert "alibi" in capsys.readouterr().out
+    assert main(["show", "--rel-bias", "--rel-buckets", "8", "--rel-max-distance", "20"]) == 0
+    assert "rel_bias" in capsys.readouterr().out
+    out = tmp_path / "step.onnx"
+    assert main(["export", str(out), *flags]) == 0
+    assert "TensorScatter" in capsys.readouterr().out
+
+
+def test_run_a_static_cache_step(capsys):
+    assert main(["run", "--causal", "--rotary", "half", "--kv-cache", "static", "--max-len", "16", "--q-len", "1",
+                 "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "present_key     [2, 4, 16, 16]" in out
+
+
+def test_bad_position_flags_are_usage_errors(capsys):
+    assert main(["show", "--bias-on", "qq"]) == 2
+    assert "expected some of the letters q, k, v, o" in capsys.readouterr().err
+    assert main(["show", "--rotary", "sideways"]) == 2
+    assert "invalid choice: 'sideways'" in capsys.readouterr().err
+    assert main(["show", "--kv-cache", "static"]) == 2  # static needs max_len
+    assert "max_len" in capsys.readouterr().err

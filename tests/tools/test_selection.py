@@ -43,6 +43,17 @@ def test_cpu_rules_follow_the_problem():
     assert long_full.rule == "cpu" and long_full.order[:2] == ["torch", "numba"]
 
 
+def test_decode_steps_go_to_the_decode_kernel():
+    """q_len 1 against a long static cache: the cpu-decode row (bench/reports/cpu-decode.md) puts numba first."""
+    g = ag.causal_self_attention(4096, 32, num_kv_heads=8, kv_cache="static", max_len=4096)
+    s = select_backend(g, sizes={"batch": 1, "q_len": 1}, hardware=CPU)
+    assert s.rule == "cpu-decode" and s.order == ["numba", "onnx", "torch", "numpy"]
+    assert "decode" in s.explain()
+    prefill = select_backend(g, sizes={"batch": 1, "q_len": 512}, hardware=CPU)
+    assert prefill.rule == "cpu"
+    assert select_backend(g, sizes={"batch": 1, "q_len": 1}, hardware=GPU).rule == "cuda"
+
+
 def test_missing_packages_are_passed_over_with_the_reason():
     no_torch = Hardware(**{**CPU.__dict__, "backends": ("numba", "numpy", "onnx"),
                            "unavailable": {"torch": "needs torch: pip install 'attngraph[torch]'"}})
