@@ -114,6 +114,13 @@ class PositionBiases:
             return None
         return alibi_bias(xp, [s * scale for s in self.alibi_slopes], distance, dtype, device)
 
+    def additive(self, xp, distance: Any, scale: float, table: Any, dtype: Any, device: Any = None) -> Any | None:
+        """Every bias as one term added to the scaled scores: exact only without a softcap (which would
+        sit between the two kinds). (1 or B, H, rows, kv_len), or None."""
+        early = self.before_scale(xp, distance, scale, dtype, device)
+        late = self.after_softcap(xp, distance, table, dtype, device)
+        return late if early is None else early if late is None else early + late
+
     def after_softcap(self, xp, distance: Any, table: Any, dtype: Any, device: Any = None) -> Any | None:
         """The bias added after the softcap (ALiBi after the scale, T5's bias), or None."""
         bias = None

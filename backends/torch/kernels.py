@@ -15,7 +15,8 @@ import array_api_compat.torch as xp
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own convention
 
-from attngraph.array_math.masks import as_rank4, keep_mask
+from attngraph.array_math.masks import as_rank4, keep_mask, rows_of
+from attngraph.array_math.positions import PositionBiases, key_distance
 
 
 def sdpa_plan(operands: Mapping[str, torch.Tensor], *, softcap: float, return_weights: bool, causal: bool,
@@ -46,3 +47,38 @@ def sdpa_attention(q, k, v, operands, *, scale: float, plan: str, **mask) -> tor
         dead = ~keep.any(dim=-1, keepdim=True)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale, enable_gqa=gqa)
     return out.masked_fill(dead, 0.0) if bool(dead.any()) else out
+
+
+def sdpa_position_bias(q, k, v, operands, biases: PositionBiases, *, scale: float, max_bytes: int,
+                       **mask) -> torch.Tensor:
+    """ALiBi and T5's bias (plus any dense bias operand and the keep mask) as SDPA's float ``attn_mask``,
+    built for one chunk of query rows at a time, so no (T x T) bias is ever held: exact where SDPA is
+    (no softcap, no sinks, finite inputs). Fully masked rows are set to 0."""
+    batch, hq, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    gqa = hq != k.shape[1]
+    step = max(1, min(q_len, max_bytes // max(1, 2 * batch * hq * kv_len * q.element_size())))
+    out = torch.empty((batch, hq, q_len, v.shape[3]), dtype=q.dtype, device=q.device)
+    for r0 in range(0, q_len, step):
+        rows = min(q_len, r0 + step) - r0
+        distance = key_distance(xp, r0, rows, kv_len, mask["offset"], q.device)
+        bias = biases.additive(xp, distance, scale, operands.get("rel_table"), q.dtype, q.device)
+        if "bias" in operands:
+            bias = bias + rows_of(xp, as_rank4(xp, operands["bias"]), r0, rows).to(q.dtype)
+        keep = keep_mask(xp, r0, rows, kv_len, operands, device=q.device, **mask)
+        if keep is not None:
+            bias = bias.masked_fill(~keep, -torch.inf)
+        y = F.scaled_dot_product_attention(q[:, :, r0:r0 + rows], k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+        if _may_mask_whole_rows(operands, mask):
+            dead = (bias == -torch.inf).all(dim=-1, keepdim=True)
+            y = y.masked_fill(dead, 0.0) if bool(dead.any()) else y
+        out[:, :, r0:r0 + rows] = y
+    return out
+
+
+def _may_mask_whole_rows(operands, mask) -> bool:
+    """False when no query row can lose every key: no dense mask, lengths or window, and a causal offset of
+    at least 0 (query i keeps key 0). Saves a pass over the bias."""
+    structured = mask["window_left"] < 0 and mask["window_right"] < 0 and isinstance(mask["offset"], int) \
+        and mask["offset"] >= 0
+    return not (structured and set(operands) <= {"rel_table"})

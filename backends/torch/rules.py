@@ -38,8 +38,10 @@ def _attention(ctx, q, k, v, *operands):
     scale, softcap, want = float(ctx.attr("scale")), float(ctx.attr("softcap")), bool(ctx.attr("return_weights"))
     biases = PositionBiases.of(ctx.node.attr_dict)
     plan = K.sdpa_plan(named, softcap=softcap, return_weights=want, **mask) if ctx.state.extra["sdpa"] else "explicit"
-    if biases or "sinks" in named:  # SDPA has no sinks; ALiBi and T5 biases go through the explicit chunks
+    if "sinks" in named:  # SDPA has no sinks
         plan = "explicit"
+    if biases and plan != "explicit":  # ALiBi / T5 bias: SDPA with the bias as its float mask, chunk by chunk
+        plan = "position_bias"
     if q.shape[2] <= EXPLICIT_MAX_QUERIES:
         # a decode step: the explicit chunk reads K and V once each and checks only its small output,
         # where SDPA would first need a finiteness pass over the whole cache (below) -- 3x the bytes
@@ -49,13 +51,21 @@ def _attention(ctx, q, k, v, *operands):
     # (it must take no part). A non-finite value anywhere makes the sum non-finite; one reduction per
     # tensor is ~6x cheaper than isfinite().all() on these strided views. Empty inputs go explicit too.
     if plan != "explicit" and (0 in (q.shape[0], q.shape[2], k.shape[2])
-                               or not all(bool(torch.isfinite(x.sum())) for x in (q, k, v))):
+                               or not all(bool(torch.isfinite(x.sum())) for x in (q, k, v, *_tables(named)))):
         plan = "explicit"
     if plan != "explicit":
         half_ok = q.is_cuda and q.dtype in (torch.float16, torch.bfloat16)
         qc, kc, vc = (x if half_ok else compute(ctx, x, i) for i, x in enumerate((q, k, v)))
+        if plan == "position_bias":
+            return out(ctx, K.sdpa_position_bias(qc, kc, vc, named, biases, scale=scale,
+                                                 max_bytes=ctx.state.max_scores_bytes, **mask))
         return out(ctx, K.sdpa_attention(qc, kc, vc, named, scale=scale, plan=plan, **mask))
     y, weights = chunked_attention(xp, q, k, v, named, scale=scale, softcap=softcap, return_weights=want,
                                    compute=ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype),
                                    max_bytes=ctx.state.max_scores_bytes, device=q.device, biases=biases, **mask)
     return (out(ctx, y), out(ctx, weights, 1)) if want else out(ctx, y)
+
+
+def _tables(named: dict) -> tuple:
+    """T5's bias table, when present: it enters SDPA's mask, so it must be finite too."""
+    return (named["rel_table"],) if "rel_table" in named else ()

@@ -34,13 +34,17 @@ def test_sdpa_is_chosen_only_where_it_is_exact(knobs, operands, plan):
     assert torch_kernels.sdpa_plan(operands, **args) == plan
 
 
+# more queries than EXPLICIT_MAX_QUERIES: shorter steps (decode) always take the explicit path
+T = 20
+
+
 def _case(seed=0, **knobs):
     g = ag.core_attention(4, 8, num_kv_heads=2, **knobs)
     rng = np.random.default_rng(seed)
-    x = {"q": rng.standard_normal((2, 4, 5, 8), dtype=np.float32)}
-    kv = 5 + (3 if knobs.get("kv_cache") else 0)
-    x.update(k=rng.standard_normal((2, 2, 5, 8), dtype=np.float32),
-             v=rng.standard_normal((2, 2, 5, 8), dtype=np.float32))
+    x = {"q": rng.standard_normal((2, 4, T, 8), dtype=np.float32)}
+    kv = T + (3 if knobs.get("kv_cache") else 0)
+    x.update(k=rng.standard_normal((2, 2, T, 8), dtype=np.float32),
+             v=rng.standard_normal((2, 2, T, 8), dtype=np.float32))
     if knobs.get("kv_cache"):
         x.update(past_key=rng.standard_normal((2, 2, 3, 8), dtype=np.float32),
                  past_value=rng.standard_normal((2, 2, 3, 8), dtype=np.float32))
@@ -51,15 +55,42 @@ def _case(seed=0, **knobs):
 def test_sdpa_and_explicit_paths_agree_with_the_oracle(knobs):
     g, x, kv = _case(**knobs)
     if knobs.get("mask"):
-        x["attn_mask"] = np.random.default_rng(3).random((5, kv)) > 0.4
+        x["attn_mask"] = np.random.default_rng(3).random((T, kv)) > 0.4
     sdpa = ag.compile(g, "torch")(x)
     explicit = ag.compile(g, "torch", sdpa=False)(x)
     k = np.concatenate([x["past_key"], x["k"]], 2) if "past_key" in x else x["k"]
     v = np.concatenate([x["past_value"], x["v"]], 2) if "past_value" in x else x["v"]
-    ref, _ = oracle.core(x["q"], k, v, causal=knobs.get("causal", False), offset=kv - 5 if knobs.get("causal") else 0,
+    ref, _ = oracle.core(x["q"], k, v, causal=knobs.get("causal", False), offset=kv - T if knobs.get("causal") else 0,
                          bool_mask=x.get("attn_mask"))
     assert_close(sdpa["y"], ref, "float32")
     assert_close(explicit["y"], ref, "float32")
+
+
+@pytest.mark.parametrize("knobs", [
+    {"causal": True, "alibi": "after_scale"},
+    {"causal": True, "alibi": "before_scale", "window": (6, 0), "key_padding": True},
+    {"rel_bias": True, "rel_buckets": 8, "rel_max_distance": 12},
+    {"causal": True, "rel_bias": True, "rel_buckets": 8, "rel_max_distance": 12, "kv_cache": True},
+])
+def test_position_biases_through_sdpa_match_the_reference(knobs, monkeypatch):
+    """ALiBi and T5's bias as SDPA's float mask, a few query rows at a time (a small max_scores_bytes forces
+    several chunks), against the float64 reference and the explicit path; a fully masked row is 0."""
+    from attngraph.conformance.reference import evaluate
+
+    g, x, _ = _case(**knobs)
+    weights = ag.Weights.random(g, seed=1)
+    if knobs.get("key_padding"):
+        x["key_lengths"] = np.array([T, 0])  # row 1: every key masked
+    calls = []
+    real = torch_kernels.sdpa_position_bias
+    monkeypatch.setattr(torch_kernels, "sdpa_position_bias", lambda *a, **k: calls.append(k) or real(*a, **k))
+    y = ag.compile(g, "torch", weights=weights, max_scores_bytes=4096)(x)["y"]
+    assert calls, "the SDPA position-bias path did not run"
+    ref = evaluate(g, weights, x)["y"]
+    assert_close(y, ref, "float32")
+    assert_close(ag.compile(g, "torch", weights=weights, sdpa=False)(x)["y"], ref, "float32")
+    if knobs.get("key_padding"):
+        assert not np.asarray(y)[1].any()
 
 
 def test_tensors_in_tensors_out_without_copies():
