@@ -3,11 +3,18 @@ other work on a shared machine hits every contender alike, and medians with thei
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+# Contenders share one process, so their thread pools must not spin while another one runs: torch's
+# OpenMP pool spins after each op by default, and next to numba's pool that measured a Llama decode
+# step at 117 ms for torch (7.7 ms alone) and 34 ms for numba (6.6 ms alone). Set before torch loads
+# (every bench module imports this one first); an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 @dataclass

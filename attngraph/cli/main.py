@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attngraph.cli import check, conformance, export, hf, info, run, show, tune
+from attngraph.cli import inspect as inspect_cmd
 from attngraph.cli import optimize as optimize_cmd
 from attngraph.errors import AttnGraphError
 
@@ -45,6 +46,7 @@ COMMANDS: dict[str, Command] = {
                     tune.configure, tune.run),
     "hf-export": Command("list the attention layers of a local Hugging Face checkpoint and export them to ONNX",
                          hf.configure, hf.run),
+    "inspect": Command("list the attention subgraphs discovery finds in an ONNX model", inspect_cmd.configure, inspect_cmd.run),
     "optimize": Command("rewrite every attention subgraph of an ONNX model in one export style, checked under "
                         "onnxruntime", optimize_cmd.configure, optimize_cmd.run),
 }

@@ -53,12 +53,18 @@ def load_model(source):
     return model
 
 
-def from_onnx(source) -> Graph:
+def from_onnx(source, subgraph: int | None = None):
     """The attngraph graph equal to the model's single ``Attention`` node, named as in the model.
+
+    With ``subgraph=N``: the N-th attention subgraph that discovery finds in any model
+    (``attngraph.frontends.onnx_discovery.discover``), a ``Subgraph`` with ``.graph`` and ``.weights``
+    that ``attngraph.compile`` runs; a bad N is a ``ConfigError`` saying how many there are.
 
     Raises ``SerializationError`` for a model that breaks the operator's schema or shapes and
     ``UnsupportedModel`` (a subclass) for a valid one attngraph cannot express; both name the defect.
     """
+    if subgraph is not None:
+        return _discovered(source, subgraph)
     model = load_model(source)
     if len(model.graph.node) == 1 and model.graph.node[0].op_type in POSITION_OPS:
         return position_op_graph(model)
@@ -81,6 +87,24 @@ def from_onnx(source) -> Graph:
     if stage is not None:
         names[SCORE_STAGES[stage]] = node.outputs["qk_matmul_output"]
     return rename_values(graph, {ir: onnx_name for ir, onnx_name in names.items() if onnx_name})
+
+
+def _discovered(source, index):
+    """The ``index``-th subgraph discovery finds in ``source`` (see ``from_onnx``)."""
+    from attngraph.errors import ConfigError
+    from attngraph.frontends.onnx_discovery import discover
+
+    if isinstance(index, bool) or not isinstance(index, int):
+        raise ConfigError(f"subgraph must be an int (the index of a discovered attention subgraph), got "
+                          f"{type(index).__name__} {index!r}")
+    found = discover(source)
+    n = len(found.found)
+    if not 0 <= index < n:
+        what = (f"found {n} attention subgraph(s): choose subgraph=0..{n - 1}" if n else
+                "found no attention subgraph in the model")
+        left = f" ({len(found.unrecognised)} not lifted: see attngraph inspect)" if found.unrecognised else ""
+        raise ConfigError(f"subgraph={index} is out of range: discovery {what}{left}")
+    return found.found[index]
 
 
 def _stage(node: AttentionNode) -> str | None:

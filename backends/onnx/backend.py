@@ -38,6 +38,17 @@ class OnnxBackend(Backend):
         """The ONNX model of ``graph`` with ``weights`` as initializers (see ``export.to_onnx``)."""
         return to_onnx(graph, weights, style=style, opset=opset)
 
+    def embedded_graph(self, model: onnx.ModelProto, base_dir: str = "") -> tuple[Graph | None, str]:
+        """The IR graph an attngraph export carries in its metadata, believed only once proven: ``(graph, "")``
+        when ``model`` is exactly the export of that graph (re-exported in the recorded style and opset and
+        compared node for node; the params' initializers checked for name, type, shape and stored size), else
+        ``(None, why)``, also for a model that carries no graph. ``base_dir``: where its external data lives.
+        The weights are the model's initializers named by ``graph.params``."""
+        props = {p.key: p.value for p in model.metadata_props}
+        if "attngraph.graph" not in props:
+            return None, "it carries no attngraph graph in its metadata"
+        return _embedded(model, props, base_dir)
+
     def session(self, model: bytes | str, opts: dict, float64: bool = False) -> ort.InferenceSession:
         so = ort.SessionOptions()
         if opts["graph_optimization_level"] not in OPT_LEVELS:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from attngraph.errors import LoweringError
 from attngraph.ir import DType, Graph, dims
 from attngraph.ir.names import fresh_name
-
-ONNX_TYPES = {DType.FLOAT16: TensorProto.FLOAT16, DType.BFLOAT16: TensorProto.BFLOAT16,
-              DType.FLOAT32: TensorProto.FLOAT, DType.FLOAT64: TensorProto.DOUBLE, DType.BOOL: TensorProto.BOOL,
-              DType.INT32: TensorProto.INT32, DType.INT64: TensorProto.INT64}
+from attngraph.lowering.onnx_facts import ONNX_TYPES
 
 
 def value_info(name: str, dtype: DType, shape) -> onnx.ValueInfoProto:

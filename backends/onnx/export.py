@@ -19,12 +19,11 @@ from attngraph.errors import AttnGraphError
 from attngraph.ir import DType, Graph, Op
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering import interpret
+from attngraph.lowering.onnx_facts import IR_VERSION, MIN_OPSET
 from attngraph.lowering.weights import Weights
 
 STYLES = {"decomposed": DECOMPOSED, "attention": ATTENTION_STYLE, "contrib": CONTRIB_STYLE}
-MIN_OPSET = {"decomposed": 17, "attention": 23, "contrib": 17}
 DEFAULT_OPSET = {"decomposed": 18, "attention": 23, "contrib": 18}
-IR_VERSION = 10  # onnx 1.23 stamps 14, which onnxruntime 1.31 rejects
 SEMANTICS = ("attngraph/1: bool mask True = attend; float mask added; causal j <= i + past_len (top-left); "
              "fully masked rows give 0; GQA q head h uses kv head h // (Hq/Hkv); math in float32 or wider")
 

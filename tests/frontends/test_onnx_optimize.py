@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import attngraph as ag
 from attngraph.cli.main import main
 from attngraph.errors import ConfigError
-from attngraph.frontends.onnx_discovery import model_io
+from attngraph.frontends.onnx_discovery import check, graph_edit, model_io
 from attngraph.frontends.onnx_discovery import optimize as opt
 from attngraph.frontends.onnx_discovery.found import Discovery, Subgraph, Unrecognised
 from attngraph.frontends.onnx_discovery.optimize import optimize_onnx, random_inputs, rewrite_model
@@ -43,7 +43,7 @@ def mha_model(layers: int = 2, opset: int = 18, softcap: float | None = None, se
         return out
 
     init("W_in", (rng.standard_normal((D, D)) * 0.3).astype(np.float32))
-    init("shape4", np.array([0, 0, HEADS, hd], np.int64))
+    node("Constant", [], "shape4", value=numpy_helper.from_array(np.array([0, 0, HEADS, hd], np.int64)))
     init("shape3", np.array([0, 0, D], np.int64))
     init("sqrt_d", np.array(np.sqrt(hd), np.float32))
     if softcap:
@@ -95,7 +95,7 @@ def run_model(model_or_path, feeds):
 
 def ops(model) -> list[str]:
     """Every node's op type, in the main graph and its subgraphs (the exports' If branches)."""
-    return [(f"{n.domain}." if n.domain else "") + n.op_type for n in opt._walk(model.graph.node)]
+    return [(f"{n.domain}." if n.domain else "") + n.op_type for n in graph_edit.walk(model.graph.node)]
 
 
 @pytest.fixture
@@ -127,18 +127,19 @@ def test_rewrite_replaces_each_subgraph_and_keeps_the_rest(style, core, opset):
     for name in ("n_h0", "n_l0_resid", "n_l1_resid", "n_out"):
         assert kept[name] == next(n for n in model.graph.node if n.name == name)
     inits = {t.name for t in out.graph.initializer}
-    assert "W_in" in inits and not inits & {"shape4", "shape3", "sqrt_d", "l0_w_q", "l1_b_o"}
+    assert "W_in" in inits and not inits & {"shape3", "sqrt_d", "l0_w_q", "l1_b_o"}
+    assert "n_shape4" not in kept  # a node that fed only the replaced ones goes too
     assert not [t for t in out.graph.value_info if t.name.startswith("l0_")]
     feeds = random_inputs(model, seed=1)
     np.testing.assert_allclose(run_model(out, feeds)[0], run_model(model, feeds)[0], rtol=1e-5, atol=1e-5)
-    assert model.graph.node[1].name == "n_l0_q_mm"  # the input model is not changed
+    assert model.graph.node[2].name == "n_l0_q_mm"  # the input model is not changed
 
 
 def test_style_that_cannot_express_a_subgraph_leaves_it():
     model, subgraphs = mha_model(layers=1, softcap=3.0)
     out, rewritten, left = rewrite_model(model, subgraphs, style="contrib")
     assert not rewritten and len(left) == 1
-    assert "style 'contrib' cannot express it exactly" in left[0].reason and "softcap" in left[0].reason
+    assert left[0].reason.startswith("style 'contrib' cannot express softcap exactly")
     assert ops(out) == ops(model)
     out, rewritten, left = rewrite_model(model, subgraphs, style="attention")  # the Attention op has softcap
     assert len(rewritten) == 1 and not left
@@ -245,7 +246,7 @@ def test_nothing_is_written_when_the_check_fails(tmp_path, discovered, monkeypat
     assert not report.rewritten and "rewriting it changes the outputs: out: rel" in report.left[0].reason
     assert onnx.load(str(tmp_path / "out.onnx")).graph.node == model.graph.node
     discovered([sg])
-    monkeypatch.setattr(opt, "compare_outputs", lambda ref, got: (_ for _ in ()).throw(opt.CheckFailed("boom")))
+    monkeypatch.setattr(check, "compare_outputs", lambda ref, got: (_ for _ in ()).throw(opt.CheckFailed("boom")))
     with pytest.raises(opt.CheckFailed, match="boom"):  # a model that still fails is never written
         optimize_onnx(tmp_path / "in.onnx", tmp_path / "out2.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx"]
@@ -260,7 +261,7 @@ def test_nothing_is_written_when_the_check_fails(tmp_path, discovered, monkeypat
 def test_large_model_goes_through_external_data(tmp_path, discovered, monkeypatch):
     """The >2 GiB path, scaled down: both limits lowered so a small model takes the same code."""
     monkeypatch.setattr(model_io, "EXTERNAL_DATA_BYTES", 512)
-    monkeypatch.setattr(opt, "PROTOBUF_LIMIT", 1024)
+    monkeypatch.setattr(check, "PROTOBUF_LIMIT", 1024)
     model, subgraphs = mha_model()
     onnx.save_model(opt.model_copy(model), str(tmp_path / "in.onnx"), save_as_external_data=True, location="in.onnx.data",
                     size_threshold=256)  # the weights (1 KiB each) go out, the Reshape shapes stay in
@@ -324,19 +325,25 @@ def _real_discovery():
         pytest.skip(f"discovery is not available yet: {e}")
 
 
-@pytest.mark.parametrize("case", ["mha", "gpt2"])
-def test_torch_exports_end_to_end(tmp_path, case):
+@pytest.mark.parametrize("case, exporter", [("mha", "ts"), ("mha", "dynamo"), ("gpt2", "ts")])
+def test_torch_exports_end_to_end(tmp_path, case, exporter):
+    """nn.MultiheadAttention and a GPT-2 layer as torch exports them: optimize's model matches the original under
+    onnxruntime. The TorchScript export of nn.MultiheadAttention fixes the sequence length in its Reshapes, which
+    discovery may refuse: then the subgraph is left, with the reason, and the model written unchanged."""
     _real_discovery()
     pytest.importorskip("torch")
     import onnx_exports
 
-    src = onnx_exports.export(case, "ts")
+    src = onnx_exports.export(case, exporter)
     report = optimize_onnx(src, tmp_path / "out.onnx", style="attention")
-    assert report.rewritten, str(report)
-    assert report.checked and report.max_ratio <= 1, str(report)
+    assert (report.checked and report.max_ratio <= 1) or not report.rewritten, str(report)
+    assert all(x.reason for x in report.left)
     written = onnx.load(str(tmp_path / "out.onnx"))
-    assert "Attention" in ops(written) and "Softmax" not in ops(written)
+    if (case, exporter) != ("mha", "ts"):
+        assert len(report.rewritten) == 1 and not report.left, str(report)
+    if report.rewritten:
+        assert "Attention" in ops(written) and "Softmax" not in [n.op_type for n in written.graph.node]
+        assert len(written.graph.node) < len(onnx.load(src).graph.node)
     feeds = onnx_exports.feeds(case)
-    original, optimized = run_model(onnx.load(src), feeds), run_model(written, feeds)
-    for a, b in zip(original, optimized, strict=True):
+    for a, b in zip(run_model(onnx.load(src), feeds), run_model(written, feeds), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)

@@ -28,8 +28,9 @@ def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[st
         for d, size in zip(value.type.shape, arr.shape, strict=True):
             if not dims.is_static(d) and dims.canonical(d) in dims.symbols(d):
                 bound[dims.canonical(d)] = int(size)
-    for node in graph.nodes:
-        result = RULES[node.op](node, bound, *(env[v] for v in node.inputs))
-        for value, out in zip(node.outputs, result if len(node.outputs) > 1 else (result,), strict=True):
-            env[value] = out
+    with np.errstate(invalid="ignore"):  # NaN and inf propagate by the semantics table: expected, not a warning
+        for node in graph.nodes:
+            result = RULES[node.op](node, bound, *(env[v] for v in node.inputs))
+            for value, out in zip(node.outputs, result if len(node.outputs) > 1 else (result,), strict=True):
+                env[value] = out
     return {v.name: env[v] for v in graph.outputs}
