@@ -41,8 +41,8 @@ RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], s
      "a CUDA GPU is present: torch runs SDPA's fused flash / memory-efficient kernels on it"),
     ("cpu-decode", lambda hw, p: p.q_len <= 16 and p.kv_len >= 512, ("numba", "onnx", "torch", "numpy"),
      "CPU, a decode step (q_len <= 16) against a long cache: Numba's split-K decode kernel reads each cached "
-     "byte once, straight from the caller's buffer (bench/reports/cpu-decode.md: fastest at B 1/8, cache "
-     "1024-16384); onnxruntime's Attention reads the whole max_len buffer"),
+     "byte once, straight from the caller's buffer (bench/reports/cpu-decode.md: fastest of the backends at "
+     "cache >= 4096, within 16% of the fastest at 1024); onnxruntime's Attention reads the whole max_len buffer"),
     ("cpu-full", lambda hw, p: not p.causal and p.kv_len <= 2048, ("onnx", "torch", "numba", "numpy"),
      "CPU, no causal mask, kv_len <= 2048: onnxruntime's fused graph measured fastest or within a few %"),
     ("cpu", lambda hw, p: True, ("torch", "numba", "onnx", "numpy"),

@@ -63,6 +63,9 @@ def decode_attention(q, k, v, offsets, lengths, scale, softcap, causal, wl, wr, 
     part_m = np.full((batch, hkv, splits, rows), -np.inf, dtype=q.dtype)
     part_l = np.zeros((batch, hkv, splits, rows), dtype=q.dtype)
     part_acc = np.zeros((batch, hkv, splits, rows, dv), dtype=q.dtype)
+    has_position = has_rel
+    for head in range(hq):
+        has_position = has_position or slopes_pre[head] != 0 or slopes_post[head] != 0
     for task in prange(batch * hkv * splits):
         b = task // (hkv * splits)
         kvh = (task // splits) % hkv
@@ -79,7 +82,10 @@ def decode_attention(q, k, v, offsets, lengths, scale, softcap, causal, wl, wr, 
         m, l_sum, acc = part_m[b, kvh, split], part_l[b, kvh, split], part_acc[b, kvh, split]
         s_flat = np.empty(rows * block_k, dtype=q.dtype)
         pv = np.empty((rows, dv), dtype=q.dtype)
-        for blk in range(split * per_split, min(n_blocks, (split + 1) * per_split)):
+        first_blk, end_blk = split * per_split, min(n_blocks, (split + 1) * per_split)
+        for step in range(max(0, end_blk - first_blk)):
+            # nearest keys first under a position bias (as the prefill kernel: the max is found at once)
+            blk = end_blk - 1 - step if has_position else first_blk + step
             j0 = j_start + blk * block_k
             j1 = min(j_end, j0 + block_k)
             s = s_flat[:rows * (j1 - j0)].reshape(rows, j1 - j0)

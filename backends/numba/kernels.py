@@ -100,9 +100,12 @@ def _add_position_bias(s, h, i0, j0, off, slope, rel, rel_dmin, has_rel):
     for r in range(s.shape[0]):
         pos = i0 + r + off
         if slope != 0:
-            base = slope * (j0 - pos)
+            # float32 operands (distances are exact in float32 below 2**24): a float32 * int product is
+            # float64 in numba, which costs two conversions per element; no allocation in here either,
+            # as this runs once per block inside the kernel's parallel loop
+            base = slope * np.float32(j0 - pos)
             for c in range(s.shape[1]):
-                s[r, c] += base + slope * c
+                s[r, c] += base + slope * np.float32(c)
         if has_rel:
             first = j0 - pos - rel_dmin
             for c in range(s.shape[1]):
@@ -207,8 +210,13 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
         if wr >= 0:
             j_end = min(j_end, last_pos + wr + 1)
         j_start = max(0, first_pos - wl) if wl >= 0 else 0
+        first_kb, end_kb = j_start // block_k, (max(j_end, 0) + block_k - 1) // block_k
         for pass_no in range(2 if want_weights else 1):
-            for jb in range(j_start // block_k, (max(j_end, 0) + block_k - 1) // block_k):
+            for step in range(end_kb - first_kb):
+                # with a position bias the nearest keys score highest, so walk from the diagonal back: the
+                # running max is then found first and the accumulator is not rescaled at every block
+                # (forward, ALiBi raised the max at each block: +20% time at T 2048)
+                jb = end_kb - 1 - step if has_position else first_kb + step
                 j0 = jb * block_k
                 j1 = min(skv, j0 + block_k)
                 s = s_flat[:rows * (j1 - j0)].reshape(rows, j1 - j0)
