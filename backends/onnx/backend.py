@@ -34,9 +34,10 @@ class OnnxBackend(Backend):
     options = {**Backend.options, "style": "auto", "opset": None, "providers": None,
                "graph_optimization_level": "all", "intra_op_num_threads": 0, "inter_op_num_threads": 0}
 
-    def to_model(self, graph: Graph, weights=None, *, style: str = "auto", opset: int | None = None) -> onnx.ModelProto:
+    def to_model(self, graph: Graph, weights=None, *, style: str = "auto", opset: int | None = None,
+                 guards: bool = True) -> onnx.ModelProto:
         """The ONNX model of ``graph`` with ``weights`` as initializers (see ``export.to_onnx``)."""
-        return to_onnx(graph, weights, style=style, opset=opset)
+        return to_onnx(graph, weights, style=style, opset=opset, guards=guards)
 
     def embedded_graph(self, model: onnx.ModelProto, base_dir: str = "") -> tuple[Graph | None, str]:
         """The IR graph an attngraph export carries in its metadata, believed only once proven: ``(graph, "")``

@@ -27,6 +27,7 @@ class OnnxEmitter:
 
     def __init__(self, graph: Graph, opset: int) -> None:
         self.opset = opset
+        self.guards = True  # the If branches of guards.py (empty inputs, non-finite values); see to_onnx
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self.taken: set[str] = {v.name for v in graph.inputs + graph.params}

@@ -52,8 +52,15 @@ def prepared(graph: Graph, style: str) -> Graph:
     return verify_graph(decompose(graph, keep=set(STYLES[style])))
 
 
-def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | None = None) -> onnx.ModelProto:
-    """The ONNX model for ``graph`` with ``weights`` as initializers (checked by name and shape)."""
+def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | None = None,
+            guards: bool = True) -> onnx.ModelProto:
+    """The ONNX model for ``graph`` with ``weights`` as initializers (checked by name and shape).
+
+    ``guards=False`` leaves out the ``If`` branches that keep a fused attention operator on attngraph's
+    semantics for empty inputs and non-finite values (``guards.py``): the model then does what the
+    runtime's operator does there, as a model written by hand would. Such a model is not a faithful
+    attngraph export (its metadata says ``attngraph.guards: off``, and ``compile(path)`` runs it as the
+    ONNX it is); ``attngraph optimize --no-guards`` uses it where speed at small shapes matters."""
     verify_graph(graph)
     if style == "auto":
         style = choose_style(graph, opset)
@@ -69,6 +76,7 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
     weights = Weights(weights or {}).check(graph)
     lowered = prepared(graph, style)
     e = OnnxEmitter(lowered, opset)
+    e.guards = bool(guards)
     env: dict = {v: e.to_compute(v.name, v.type.dtype) for v in lowered.inputs}
     for p in lowered.params:
         e.initializers.append(onnx.numpy_helper.from_array(np.asarray(weights[p.name]), p.name))
@@ -80,8 +88,11 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
     model.ir_version = IR_VERSION
     from attngraph.ir.serialize import to_json
 
-    helper.set_model_props(model, {"attngraph.version": _version(), "attngraph.semantics": SEMANTICS,
-                                   "attngraph.style": style, "attngraph.graph": to_json(graph)})
+    props = {"attngraph.version": _version(), "attngraph.semantics": SEMANTICS, "attngraph.style": style,
+             "attngraph.graph": to_json(graph)}
+    if not guards:
+        props["attngraph.guards"] = "off"
+    helper.set_model_props(model, props)
     return model
 
 

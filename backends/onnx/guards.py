@@ -51,6 +51,8 @@ def exact_weighted_sum(e: OnnxEmitter, p: str, v: str) -> str:
 def guarded_product(e: OnnxEmitter, p: str, v: str, hint: str) -> str:
     """``p @ v``, recomputed exactly in an ``If`` branch when it is not finite."""
     fast = e.op("MatMul", [p, v])
+    if not e.guards:
+        return fast
     (out,) = e.if_(any_nonfinite(e, fast), lambda: [exact_weighted_sum(e, p, v)], lambda: [fast], 1, hint=hint)
     return out
 
@@ -70,6 +72,8 @@ def guarded_attention(e: OnnxEmitter, ctx: NodeCtx, rules: Rules, inputs: list[s
                       fast: Callable[[], list[str]]) -> list[str]:
     """A fused attention node's outputs from ``fast()`` (a runtime's attention operator), with the
     empty-input and non-finite cases answered by ``If`` branches exactly as the semantics say."""
+    if not e.guards:
+        return fast()
     node = ctx.node
     q, k, v = inputs[:3]
     n = len(node.outputs)

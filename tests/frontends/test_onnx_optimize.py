@@ -224,6 +224,20 @@ def test_optimize_writes_a_checked_model(tmp_path, discovered):
     json.dumps(report.to_dict())
 
 
+def test_without_guards_the_attention_is_the_bare_operator(tmp_path, discovered):
+    """guards=False: no If branches (empty inputs, non-finite values) around the rewritten attention; it still
+    matches the original within the budget on ordinary inputs."""
+    model, subgraphs = mha_model()
+    onnx.save(model, tmp_path / "in.onnx")
+    discovered(subgraphs, [])
+    guarded = optimize_onnx(tmp_path / "in.onnx", tmp_path / "guarded.onnx")
+    bare = optimize_onnx(tmp_path / "in.onnx", tmp_path / "bare.onnx", guards=False)
+    assert bare.checked and bare.max_ratio <= 1 and len(bare.rewritten) == 2
+    assert "If" in ops(onnx.load(str(tmp_path / "guarded.onnx"))) and guarded.checked
+    written = onnx.load(str(tmp_path / "bare.onnx"))
+    assert "If" not in ops(written) and ops(written).count("Attention") == 2
+
+
 def test_a_subgraph_that_changes_the_outputs_is_left(tmp_path, discovered):
     model, (good, bad) = mha_model()
     bad = dataclasses.replace(bad, weights={**bad.weights, "b_o": bad.weights["b_o"] + 1e-3})

@@ -50,13 +50,15 @@ __all__ = ["DEFAULT_SIZES", "STYLES", "CheckFailed", "Left", "OptimizeReport", "
 
 
 def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = None, check: bool = True,
-                  seed: int = 0, sizes: Mapping[str, int] | None = None,
+                  seed: int = 0, sizes: Mapping[str, int] | None = None, guards: bool = True,
                   progress: Callable[[str], None] | None = None) -> OptimizeReport:
     """Rewrite every attention subgraph of the model at ``src`` in ``style`` and write the result to ``dst``.
 
     ``style``: "attention" (the ONNX ``Attention`` operator, opset >= 23), "contrib" (onnxruntime's
     ``com.microsoft.MultiHeadAttention`` where it is exact) or "decomposed" (primitive ops, opset >= 17).
     ``opset``: the default-domain opset of the result (default: the model's, raised to the style's minimum).
+    ``guards=False``: each rewritten attention does what the runtime's operator does on empty inputs and
+    non-finite values (as the original nodes did) instead of attngraph's semantics; faster at small shapes.
     ``check``: run the original and the result under onnxruntime on inputs drawn with ``seed`` (symbolic dims
     sized by ``sizes``, by name, else ``DEFAULT_SIZES``) and compare every output. ``dst`` None: nothing is
     written (the report still says what would be). Returns an ``OptimizeReport``.
@@ -73,7 +75,8 @@ def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = Non
     found = _discover(model)
     say(f"found {len(found.found)} attention subgraph(s), {len(found.unrecognised)} not lifted; rewriting in "
         f"style {style} ...")
-    result, rewritten, left = rewrite_model(model, found.found, style=style, opset=opset)
+    form = {"style": style, "opset": opset, "guards": guards}
+    result, rewritten, left = rewrite_model(model, found.found, **form)
     left += [Left(None, tuple(u.nodes), u.reason) for u in found.unrecognised]
     report = OptimizeReport(where, os.fspath(dst) if dst is not None else None, style, default_opset(model),
                             default_opset(result), rewritten, left)
@@ -83,7 +86,7 @@ def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = Non
     else:
         report.check_note = "the check was switched off" if not check else "nothing was rewritten"
     if checker is not None and rewritten:
-        result, rewritten, failed = _checked(model, found.found, result, rewritten, checker, style, opset, say)
+        result, rewritten, failed = _checked(model, found.found, result, rewritten, checker, form, say)
         report.rewritten, report.left = rewritten, failed + left
         report.opset_after = default_opset(result)
     if dst is not None:
@@ -119,7 +122,7 @@ def _discover(model):
     return discover(model)
 
 
-def _checked(model, subgraphs, result, rewritten, checker, style, opset, say):
+def _checked(model, subgraphs, result, rewritten, checker, form, say):
     """Check ``result``; if it misses the budget, try each rewritten subgraph alone and keep those that pass."""
     say(f"checking the rewritten model under onnxruntime ({len(checker.feeds)} inputs) ...")
     try:
@@ -133,11 +136,11 @@ def _checked(model, subgraphs, result, rewritten, checker, style, opset, say):
     by_index = {sg.index: sg for sg in subgraphs}
     keep, failed = [], []
     for r in rewritten:
-        alone, _, _ = rewrite_model(model, [by_index[r.index]], style=style, opset=opset)
+        alone, _, _ = rewrite_model(model, [by_index[r.index]], **form)
         try:
             checker.verify_model(alone)
             keep.append(by_index[r.index])
         except CheckFailed as e:
             failed.append(Left(r.index, r.removed, f"rewriting it changes the outputs: {e}"))
-    result, rewritten, left = rewrite_model(model, keep, style=style, opset=opset)
+    result, rewritten, left = rewrite_model(model, keep, **form)
     return result, rewritten, failed + left

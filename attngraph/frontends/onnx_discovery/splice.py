@@ -34,7 +34,8 @@ from attngraph.frontends.onnx_discovery.report import Left, Rewritten, one_line
 STYLES = ("attention", "contrib", "decomposed")
 
 
-def rewrite_model(model, subgraphs: Iterable, *, style: str = "attention", opset: int | None = None):
+def rewrite_model(model, subgraphs: Iterable, *, style: str = "attention", opset: int | None = None,
+                  guards: bool = True):
     """``(new model, rewritten, left)``: a copy of ``model`` with each subgraph of ``subgraphs``
     (``Subgraph``: graph, weights, nodes, inputs, outputs) replaced by the export of its graph in ``style``.
     ``model``'s nodes must have unique names (``name_nodes``). Each subgraph is validated against the model
@@ -70,7 +71,7 @@ def rewrite_model(model, subgraphs: Iterable, *, style: str = "attention", opset
             continue
         graph = _only_mapped_outputs(sg.graph, sg.outputs)
         try:
-            export = backend.to_model(graph, sg.weights, style=style, opset=target)
+            export = backend.to_model(graph, sg.weights, style=style, opset=target, guards=guards)
         except Unsupported as e:
             why = one_line(e)
             if "cannot express" not in why:
