@@ -58,22 +58,38 @@ def sdpa_position_bias(q, k, v, operands, biases: PositionBiases, *, scale: floa
     kv_len = k.shape[2]
     gqa = hq != k.shape[1]
     step = max(1, min(q_len, max_bytes // max(1, 2 * batch * hq * kv_len * q.element_size())))
+    if _causal_prefix(mask):
+        step = min(step, CAUSAL_CHUNK_ROWS)  # smaller chunks skip more of the masked future
     out = torch.empty((batch, hq, q_len, v.shape[3]), dtype=q.dtype, device=q.device)
     for r0 in range(0, q_len, step):
         rows = min(q_len, r0 + step) - r0
-        distance = key_distance(xp, r0, rows, kv_len, mask["offset"], q.device)
+        # Under a causal mask with a scalar offset, the chunk's last row sees keys [0, offset + r0 + rows):
+        # the keys after that are masked for every row of the chunk, so SDPA never reads them.
+        end = max(1, min(kv_len, mask["offset"] + r0 + rows)) if _causal_prefix(mask) else kv_len
+        distance = key_distance(xp, r0, rows, end, mask["offset"], q.device)
         bias = biases.additive(xp, distance, scale, operands.get("rel_table"), q.dtype, q.device)
         if "bias" in operands:
-            bias = bias + rows_of(xp, as_rank4(xp, operands["bias"]), r0, rows).to(q.dtype)
-        keep = keep_mask(xp, r0, rows, kv_len, operands, device=q.device, **mask)
+            bias = bias + rows_of(xp, as_rank4(xp, operands["bias"]), r0, rows)[..., :end].to(q.dtype)
+        chunk_ops = {name: (as_rank4(xp, t)[..., :end] if name == "bool" else t) for name, t in operands.items()}
+        keep = keep_mask(xp, r0, rows, end, chunk_ops, device=q.device, **mask)
         if keep is not None:
             bias = bias.masked_fill(~keep, -torch.inf)
-        y = F.scaled_dot_product_attention(q[:, :, r0:r0 + rows], k, v, attn_mask=bias, scale=scale, enable_gqa=gqa)
+        y = F.scaled_dot_product_attention(q[:, :, r0:r0 + rows], k[:, :, :end], v[:, :, :end], attn_mask=bias,
+                                           scale=scale, enable_gqa=gqa)
         if _may_mask_whole_rows(operands, mask):
             dead = (bias == -torch.inf).all(dim=-1, keepdim=True)
             y = y.masked_fill(dead, 0.0) if bool(dead.any()) else y
         out[:, :, r0:r0 + rows] = y
     return out
+
+
+CAUSAL_CHUNK_ROWS = 128
+
+
+def _causal_prefix(mask) -> bool:
+    """True when each query row keeps only a prefix of the keys ending at ``offset + row`` (causal, one offset
+    for every batch row): the keys past a chunk's last row can be left out of that chunk's SDPA call."""
+    return mask["causal"] and isinstance(mask["offset"], int) and mask["window_right"] < 0
 
 
 def _may_mask_whole_rows(operands, mask) -> bool:

@@ -71,16 +71,22 @@ def test_sdpa_and_explicit_paths_agree_with_the_oracle(knobs):
     {"causal": True, "alibi": "before_scale", "window": (6, 0), "key_padding": True},
     {"rel_bias": True, "rel_buckets": 8, "rel_max_distance": 12},
     {"causal": True, "rel_bias": True, "rel_buckets": 8, "rel_max_distance": 12, "kv_cache": True},
+    {"causal": True, "alibi": "after_scale", "kv_cache": True, "mask": "bool"},   # dense masks cut to the
+    {"causal": True, "alibi": "after_scale", "kv_cache": True, "mask": "additive"},   # chunk's causal key prefix
 ])
 def test_position_biases_through_sdpa_match_the_reference(knobs, monkeypatch):
     """ALiBi and T5's bias as SDPA's float mask, a few query rows at a time (a small max_scores_bytes forces
     several chunks), against the float64 reference and the explicit path; a fully masked row is 0."""
     from attngraph.conformance.reference import evaluate
 
-    g, x, _ = _case(**knobs)
+    g, x, kv = _case(**knobs)
     weights = ag.Weights.random(g, seed=1)
     if knobs.get("key_padding"):
         x["key_lengths"] = np.array([T, 0])  # row 1: every key masked
+    if knobs.get("mask") == "bool":
+        x["attn_mask"] = np.random.default_rng(3).random((T, kv)) > 0.3
+    if knobs.get("mask") == "additive":
+        x["attn_mask"] = np.random.default_rng(3).standard_normal((T, kv)).astype(np.float32)
     calls = []
     real = torch_kernels.sdpa_position_bias
     monkeypatch.setattr(torch_kernels, "sdpa_position_bias", lambda *a, **k: calls.append(k) or real(*a, **k))
