@@ -128,8 +128,8 @@ def decode_table(batch, cache, args):
     mine = {n: t.median_ms for n, t in timings.items() if n.startswith("attngraph")}
     best = min(mine, key=mine.get)
     summary = (f"best attngraph: {best} {mine[best]:.2f} ms = {mine[best] / floor:.2f}x the floor, "
-               f"{best_peer / mine[best]:.2f}x faster than the best peer ({min(peers, key=peers.get)}, "
-               f"{best_peer:.2f} ms)")
+               f"{mine[best] / best_peer:.2f}x the best peer's time ({min(peers, key=peers.get)}, "
+               f"{best_peer:.2f} ms; below 1 is faster)")
     return table(["contender", "median ms", "range ms", "x floor", "x best peer", "max err / max |y|"], rows), summary
 
 

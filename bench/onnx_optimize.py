@@ -51,9 +51,9 @@ def _args(argv):
                    help="model families")
     p.add_argument("--exporters", nargs="+", default=["ts", "dynamo"], choices=["ts", "dynamo"],
                    help="torch exporters: TorchScript (dynamo=False, opset 17) and dynamo (opset 18)")
-    p.add_argument("--styles", nargs="+", default=["attention", "decomposed"],
-                   choices=["attention", "contrib", "decomposed"],
-                   help="attngraph optimize styles")
+    p.add_argument("--styles", nargs="+", default=["attention", "attention-noguards", "decomposed"],
+                   choices=["attention", "attention-noguards", "contrib", "decomposed"],
+                   help="attngraph optimize styles ('-noguards': optimize --no-guards, the bare operator)")
     p.add_argument("--layers", type=int, default=2, help="layers per model")
     p.add_argument("--hidden", type=int, default=256, help="hidden size")
     p.add_argument("--heads", type=int, default=4, help="attention heads (Llama: half as many kv heads)")
@@ -164,7 +164,8 @@ def _attngraph_optimize(src: str, dst: str, style: str):
     from attngraph.frontends.onnx_discovery.optimize import optimize_onnx
 
     try:
-        report = optimize_onnx(src, dst, style=style, check=True)
+        report = optimize_onnx(src, dst, style=style.removesuffix("-noguards"), check=True,
+                               guards=not style.endswith("-noguards"))
     except Exception as e:  # noqa: BLE001 - reported, never hidden (discovery may be partial)
         return None, None, f"failed: {type(e).__name__}: {str(e)[:160]}"
     reasons = collections.Counter(x.reason.split(":")[0][:90] for x in report.left)
