@@ -46,6 +46,47 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_onnx(model, path: str | os.PathLike, *, external_data: bool, check=None,
+                     keep_model: bool = True) -> Path:
+    """Write the ONNX ``model`` to ``path`` atomically: into a temporary folder beside it, then ``check(tmp_path)``
+    (if given: it may raise to abandon the save), then renamed over ``path``, with ``<name>.data`` when
+    ``external_data``. Inline models are serialised deterministically (byte-reproducible). onnx's external-data
+    save moves the tensors out of the proto it is given: ``keep_model=False`` lets it use ``model`` itself
+    (no copy of the weights) when the caller has no further use for it."""
+    import onnx
+
+    from attngraph.errors import AttnGraphError
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(path.parent)  # what killed saves left here (a temp folder may hold 1 GB of weights)
+        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    except OSError as e:
+        raise AttnGraphError(f"cannot write the ONNX file {str(path)!r}: {e.strerror or e}; "
+                             "choose a writable folder") from None
+    try:
+        tmp = tmpdir / path.name
+        if external_data:
+            if keep_model:
+                model, original = onnx.ModelProto(), model
+                model.CopyFrom(original)
+            onnx.save_model(model, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+        else:
+            tmp.write_bytes(model.SerializeToString(deterministic=True))
+        if check is not None:
+            check(str(tmp))
+        if external_data:
+            os.replace(tmpdir / f"{path.name}.data", path.parent / f"{path.name}.data")
+        os.replace(tmp, path)
+    except OSError as e:
+        raise AttnGraphError(f"cannot write the ONNX file {str(path)!r}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+    return path
+
+
 def remove_stale_temps(folder: str | os.PathLike, older_than_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove what killed saves left in ``folder``: our temporary files, and ``export_onnx``'s temporary
     folders holding nothing but ``{name}`` and ``{name}.data``, untouched for ``older_than_s``. Best

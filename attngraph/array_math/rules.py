@@ -16,7 +16,13 @@ from attngraph.array_math.cache import write_cache
 from attngraph.array_math.gqa import grouped_matmul
 from attngraph.array_math.masks import apply_mask, query_offset
 from attngraph.array_math.positions import (
-    PositionBiases, alibi_bias, apply_rotary, key_distance, relative_bias, rms_norm, rotary_tables,
+    PositionBiases,
+    alibi_bias,
+    apply_rotary,
+    key_distance,
+    relative_bias,
+    rms_norm,
+    rotary_tables,
 )
 from attngraph.array_math.softmax import safe_softmax
 from attngraph.ir import DType, Op

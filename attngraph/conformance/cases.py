@@ -12,12 +12,11 @@ from collections.abc import Callable
 
 import numpy as np
 
-from attngraph.frontends.constructors import causal_self_attention, core_attention, cross_attention, self_attention
 from attngraph.conformance.case import Case
+from attngraph.frontends.constructors import causal_self_attention, core_attention, cross_attention, self_attention
 from attngraph.ir import Graph
 from attngraph.lowering.weights import Weights
 from attngraph.testing.random_inputs import random_inputs
-
 
 SIZES = {"batch": 2, "q_len": 5, "kv_len": 7, "past_len": 3}
 

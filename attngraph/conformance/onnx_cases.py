@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from attngraph.conformance.case import Case
 
-
 # ONNX's node cases for the operators from_onnx imports (Attention, RotaryEmbedding, RMSNormalization)
 ONNX_OPERATOR_CASES = ("test_attention_", "test_rotary_embedding", "test_rms_normalization")
 

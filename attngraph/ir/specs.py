@@ -11,11 +11,16 @@ from collections.abc import Sequence
 from attngraph.errors import GraphError
 from attngraph.ir import dims
 from attngraph.ir.attention_specs import (
-    ATTENTION_OPERANDS, ATTENTION_SPECS, MASK_ATTRS, MASK_OPERANDS, POSITION_BIAS_ATTRS, check_mask_operands,
+    ATTENTION_OPERANDS,
+    ATTENTION_SPECS,
+    MASK_ATTRS,
+    MASK_OPERANDS,
+    POSITION_BIAS_ATTRS,
+    check_mask_operands,
 )
+from attngraph.ir.cache_specs import CACHE_SPECS
 from attngraph.ir.graph import Attr
 from attngraph.ir.op import Op
-from attngraph.ir.cache_specs import CACHE_SPECS
 from attngraph.ir.position_specs import POSITION_SPECS
 from attngraph.ir.primitive_specs import PRIMITIVE_SPECS
 from attngraph.ir.spec_helpers import REQUIRED, OpSpec

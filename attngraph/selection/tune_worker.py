@@ -16,7 +16,6 @@ from pathlib import Path
 from attngraph.selection.autotune import TAG
 
 
-
 def main(folder: str, backend: str) -> None:
     import numpy as np
 

@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
-
 from attngraph_backends.numba.exp import FASTMATH
 from attngraph_backends.numba.kernels import _online_softmax_rows, _skip_zero_weights, kept_columns
+from numba import njit, prange
 
 
 @njit(cache=True, fastmath=FASTMATH)

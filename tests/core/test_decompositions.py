@@ -4,13 +4,13 @@ And each decomposition emits only the ops it declares (``USES``), checked on rea
 from __future__ import annotations
 
 import pytest
+from conftest import BACKENDS, REQUIRED
+from one_node_cases import ONE_NODE
 
 import attngraph as ag
 from attngraph.ir.op import PRIMITIVES, Op
 from attngraph.passes.decompose import covered_ops, decompose
 from attngraph.passes.decompositions import DECOMPOSITIONS, USES
-from conftest import BACKENDS, REQUIRED
-from one_node_cases import ONE_NODE
 
 
 def test_every_op_is_a_primitive_or_decomposes():

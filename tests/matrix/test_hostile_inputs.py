@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import attngraph as ag
 from attngraph.conformance.reference import evaluate
-from conftest import assert_close
 
 # every backend, and the ONNX backend in each export style
 TARGETS = [("numpy", {}), ("numba", {}), ("torch", {}), ("onnx", {"style": "attention"}),

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_close
+from one_node_cases import ONE_NODE
 
 import attngraph as ag
 from attngraph.conformance.reference import evaluate
 from attngraph.ir import DType
 from attngraph.ir.op import PRIMITIVES, Op
 from attngraph.passes.decompose import decompose
-from conftest import assert_close
-from one_node_cases import ONE_NODE
 
 OPS = sorted(ONE_NODE, key=lambda o: o.value)
 

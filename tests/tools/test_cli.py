@@ -60,7 +60,6 @@ def test_export_writes_a_model_that_runs(tmp_path, capsys):
 
 def test_check_picks_a_backend_runs_the_quick_corpus_and_verifies_onnx(capsys, tmp_path):
     from attngraph.cli import main
-
     from attngraph.conformance import installed_backends
 
     assert main(["check", "--no-progress", "--d-model", "64", "--heads", "4", "--onnx", str(tmp_path / "m.onnx")]) == 0

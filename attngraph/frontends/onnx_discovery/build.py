@@ -150,7 +150,8 @@ def _value_is_key(graph: Graph) -> Graph:
     if key.type != value.type:
         raise Refused(f"one tensor feeds the keys and the values, but their declared types differ ({key.type}, "
                       f"{value.type})")
-    nodes = tuple(Node(n.op, tuple(key if x == value else x for x in n.inputs), n.outputs, n.attrs) for n in graph.nodes)
+    nodes = tuple(Node(n.op, tuple(key if x == value else x for x in n.inputs), n.outputs, n.attrs)
+                  for n in graph.nodes)
     return verify_graph(graph.replace(inputs=tuple(v for v in graph.inputs if v != value), nodes=nodes))
 
 

@@ -119,18 +119,8 @@ def _classify(node, v, ev: Evaluator, after_linear: bool) -> Step | None:
             return Step(node, "linear", ins[0], v, weight=w)
         return None
     if op == "Gemm":
-        a = {k: node.attributes[k].value for k in node.attributes}
-        w = _const(ev, ins[1])
-        c = _const(ev, ins[2]) if len(ins) > 2 and ins[2] is not None else None
-        if w is None or w.ndim != 2 or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
-            return None
-        if len(ins) > 2 and ins[2] is not None and (c is None or a.get("beta", 1.0) != 1.0):
-            return None
-        w = w.T if a.get("transB", 0) else w
-        bias = None if c is None else _bias_vector(c, w.shape[1])
-        if c is not None and bias is None:
-            return None
-        return Step(node, "linear", ins[0], v, weight=w, bias=bias)
+        linear = gemm_as_linear(ev, node)
+        return None if linear is None else Step(node, "linear", ins[0], v, weight=linear[0], bias=linear[1])
     if op == "Add" and len(ins) == 2:
         for k in (0, 1):
             c = _const(ev, ins[1 - k])
@@ -139,6 +129,25 @@ def _classify(node, v, ev: Evaluator, after_linear: bool) -> Step | None:
                 return Step(node, "bias", ins[k], v, bias=c)
         return None
     return None
+
+
+def gemm_as_linear(ev: Evaluator, node) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """``(w, bias)`` when the Gemm ``node`` is ``x @ w + bias`` with constant ``w`` (transB undone) and a constant
+    bias that is one vector over the output columns; None for any other Gemm (transA, alpha or beta not 1)."""
+    ins = node.inputs
+    a = {k: x.value for k, x in node.attributes.items()}
+    w = _const(ev, ins[1])
+    has_c = len(ins) > 2 and ins[2] is not None
+    c = _const(ev, ins[2]) if has_c else None
+    if w is None or w.ndim != 2 or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
+        return None
+    if has_c and (c is None or a.get("beta", 1.0) != 1.0):
+        return None
+    w = w.T if a.get("transB", 0) else w
+    bias = None if c is None else _bias_vector(c, w.shape[1])
+    if c is not None and bias is None:
+        return None
+    return w, bias
 
 
 def _bias_vector(c: np.ndarray, n: int) -> np.ndarray | None:

@@ -167,7 +167,8 @@ def random_inputs(model, *, seed: int = 0, sizes: Mapping[str, int] | None = Non
         shape = tuple(_size(d, sizes) for d in tt.shape.dim)
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if math.prod(shape) * dtype.itemsize > _MAX_CHECK_INPUT_BYTES:
-            raise ConfigError(f"graph input {vi.name!r} would be {shape} ({math.prod(shape) * dtype.itemsize / 2**30:.1f}"
+            gib = math.prod(shape) * dtype.itemsize / 2**30
+            raise ConfigError(f"graph input {vi.name!r} would be {shape} ({gib:.1f}"
                               " GiB) for the check: give smaller sizes for its dims (sizes=) or skip the check")
         name = vi.name.lower()
         if dtype.kind == "f":

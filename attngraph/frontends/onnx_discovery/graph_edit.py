@@ -271,12 +271,15 @@ def upgrade_problem(model, target: int) -> str | None:
     return None
 
 
+def _signature(node) -> tuple:
+    return node.op_type, node.domain, list(node.input), list(node.output), len(node.attribute)
+
+
 def _first_difference(a_nodes, b_nodes) -> tuple[str, str] | None:
     """The first node (name, op) whose op, inputs, outputs or attributes differ (or that the converter added
     or removed), subgraphs included (their value_info, which the converter fills in, does not count)."""
     for a, b in zip(a_nodes, b_nodes):
-        if (a.op_type, a.domain, list(a.input), list(a.output)) != (b.op_type, b.domain, list(b.input), list(b.output)) \
-                or len(a.attribute) != len(b.attribute):
+        if _signature(a) != _signature(b):
             return a.name or a.op_type, a.op_type
         for x, y in zip(a.attribute, b.attribute):
             if x.HasField("g") or x.graphs:

@@ -26,9 +26,7 @@ from here too); this module reads and writes the files.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 from attngraph.errors import SerializationError
@@ -195,41 +193,12 @@ def save_model(model, path: str | os.PathLike, *, external_data: bool | None = N
     """Write ``model`` to ``path`` atomically: into a temporary folder beside it, then ``check(tmp_path)``
     (if given: it may raise to abandon the save), then renamed over ``path`` (and ``<name>.data`` with
     external data: by default when the tensors pass 1 GiB, and always past protobuf's 2 GiB)."""
-    import onnx
+    from attngraph.fileio import atomic_save_onnx, atomic_write_bytes
 
-    from attngraph.errors import AttnGraphError
-    from attngraph.fileio import atomic_write_bytes, remove_stale_temps
-
-    path = Path(path)
     if external_data is None:
         external_data = model_nbytes(model) > EXTERNAL_DATA_BYTES
     if not external_data and model.ByteSize() > PROTOBUF_LIMIT:
         external_data = True
     if not external_data and check is None:
         return atomic_write_bytes(path, model.SerializeToString(deterministic=True))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_temps(path.parent)
-        tmpdir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    except OSError as e:
-        raise AttnGraphError(f"cannot write the ONNX file {str(path)!r}: {e.strerror or e}; choose a writable "
-                             "folder") from None
-    try:
-        tmp = tmpdir / path.name
-        if external_data:
-            copy = onnx.ModelProto()
-            copy.CopyFrom(model)  # save_model moves the data of the proto it is given out into the file
-            onnx.save_model(copy, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
-        else:
-            tmp.write_bytes(model.SerializeToString(deterministic=True))
-        if check is not None:
-            check(str(tmp))
-        if external_data:
-            os.replace(tmpdir / f"{path.name}.data", path.parent / f"{path.name}.data")
-        os.replace(tmp, path)
-    except OSError as e:
-        raise AttnGraphError(f"cannot write the ONNX file {str(path)!r}: {e.strerror or e}") from None
-    finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    return path
+    return atomic_save_onnx(model, path, external_data=external_data, check=check)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from attngraph.frontends.onnx_discovery import layout as L
-from attngraph.frontends.onnx_discovery.chain import LAYOUT_OPS, Step, _bias_vector, _const, _same_type
+from attngraph.frontends.onnx_discovery.chain import LAYOUT_OPS, Step, _bias_vector, _const, _same_type, gemm_as_linear
 from attngraph.frontends.onnx_discovery.layout import LayoutError
 from attngraph.frontends.onnx_discovery.symbolic import Poly
 
@@ -119,18 +119,8 @@ def _forward_step(node, v, tracker, after_linear: bool) -> Step | None:
         if w is not None and w.ndim == 2 and w.dtype.kind == "f":
             return Step(node, "linear", v, node.outputs[0], weight=w)
     if op == "Gemm" and ins[0] is v:
-        a = {k: x.value for k, x in node.attributes.items()}
-        w = _const(ev, ins[1])
-        c = _const(ev, ins[2]) if len(ins) > 2 and ins[2] is not None else None
-        if w is None or w.ndim != 2 or a.get("transA", 0) or a.get("alpha", 1.0) != 1.0:
-            return None
-        if len(ins) > 2 and ins[2] is not None and (c is None or a.get("beta", 1.0) != 1.0):
-            return None
-        w = w.T if a.get("transB", 0) else w
-        bias = None if c is None else _bias_vector(c, w.shape[1])
-        if c is not None and bias is None:
-            return None
-        return Step(node, "linear", v, node.outputs[0], weight=w, bias=bias)
+        linear = gemm_as_linear(ev, node)
+        return None if linear is None else Step(node, "linear", v, node.outputs[0], weight=linear[0], bias=linear[1])
     if op == "Add" and after_linear and len(ins) == 2:
         other = ins[1] if ins[0] is v else ins[0]
         c = _const(ev, other)
