@@ -20,7 +20,12 @@ import math
 
 import numpy as np
 from attngraph_backends.numba.exp import FASTMATH
-from attngraph_backends.numba.kernels import _online_softmax_rows, _skip_zero_weights, kept_columns
+from attngraph_backends.numba.kernels import (
+    _online_softmax_rows,
+    _skip_zero_weights,
+    has_position_bias,
+    kept_columns,
+)
 from numba import njit, prange
 
 
@@ -62,9 +67,7 @@ def decode_attention(q, k, v, offsets, lengths, scale, softcap, causal, wl, wr, 
     part_m = np.full((batch, hkv, splits, rows), -np.inf, dtype=q.dtype)
     part_l = np.zeros((batch, hkv, splits, rows), dtype=q.dtype)
     part_acc = np.zeros((batch, hkv, splits, rows, dv), dtype=q.dtype)
-    has_position = has_rel
-    for head in range(hq):
-        has_position = has_position or slopes_pre[head] != 0 or slopes_post[head] != 0
+    has_position = has_position_bias(slopes_pre, slopes_post, has_rel)
     for task in prange(batch * hkv * splits):
         b = task // (hkv * splits)
         kvh = (task // splits) % hkv

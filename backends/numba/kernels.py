@@ -21,6 +21,15 @@ from attngraph_backends.numba.exp import FASTMATH, exp_shifted_sum, row_max
 from numba import njit, prange
 
 
+@njit(cache=True)
+def has_position_bias(slopes_pre, slopes_post, has_rel):
+    """True when the T5 bias is on or any head has an ALiBi slope (before or after the scale)."""
+    for head in range(slopes_pre.shape[0]):
+        if slopes_pre[head] != 0 or slopes_post[head] != 0:
+            return True
+    return has_rel
+
+
 @njit(cache=True, parallel=True)
 def pack_key_blocks(k, block_k):
     """(B, H, S, D) -> (B, H, S*D): key block ``[j0, j1)`` stored as a C-contiguous (D, j1 - j0) matrix
@@ -181,9 +190,7 @@ def flash_attention(q, k, v, bias, keep, has_bias, has_keep, offsets, lengths, s
     v_flat = v.reshape(batch, hkv, skv * dv)
     group = hq // hkv
     n_qb = (sq + block_q - 1) // block_q
-    has_position = has_rel
-    for head in range(hq):
-        has_position = has_position or slopes_pre[head] != 0 or slopes_post[head] != 0
+    has_position = has_position_bias(slopes_pre, slopes_post, has_rel)
     for task in prange(batch * hq * n_qb):
         b = task // (hq * n_qb)
         h = (task // n_qb) % hq
