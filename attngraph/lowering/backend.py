@@ -70,6 +70,12 @@ class Executable:
         return f"Executable({self.graph.name!r} on {self.backend!r}, inputs={self.input_names})"
 
 
+def quiet_non_finite():
+    """NumPy's float warnings off: NaN and inf propagate by the semantics table (masked ones are dropped), so a
+    warning about them on every call with such an input would be noise, not news."""
+    return np.errstate(invalid="ignore", divide="ignore", over="ignore")
+
+
 class Backend:
     """Base class: subclasses set ``name``, ``rules``, ``options`` and, where needed, the hooks below."""
 
@@ -130,7 +136,8 @@ class Backend:
         rules = self.rules
 
         def execute(env: dict[Value, Any], dims: Mapping[str, int], outputs) -> tuple:
-            interpret(nodes, rules, env, dims, state)
+            with quiet_non_finite():
+                interpret(nodes, rules, env, dims, state)
             return tuple(env[v] for v in outputs)
         return execute
 
@@ -158,7 +165,8 @@ class Backend:
         state = self.make_state(lowered, opts)
         env: dict[Value, Any] = {p: self.to_backend(weights[p.name], opts) for p in lowered.params}
         const, per_call = split_param_nodes(lowered)
-        interpret(const, self.rules, env, {}, state)
+        with quiet_non_finite():
+            interpret(const, self.rules, env, {}, state)
         outputs = lowered.outputs
         execute = self.make_executor(per_call, state, opts)
 
