@@ -9,6 +9,7 @@ compare equal as strings.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Union
@@ -23,6 +24,14 @@ def _terms(dim: Dim) -> tuple[list[str], int]:
         raise TypeError(f"a dimension must be an int or a symbol name, got {dim!r}")
     if isinstance(dim, int):
         return [], dim
+    symbols, constant = _parsed(dim)
+    return list(symbols), constant
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(dim: str) -> tuple[tuple[str, ...], int]:
+    """The symbols and constant of a string dim. Cached: every call of a compiled graph checks its inputs'
+    dims, and a graph spells only a handful of them."""
     symbols, constant = [], 0
     for part in str(dim).split("+"):
         part = part.strip()
@@ -32,7 +41,7 @@ def _terms(dim: Dim) -> tuple[list[str], int]:
             symbols.append(part)
         else:
             raise ValueError(f"bad dimension {dim!r}: use an int, a name like 'q_len', or a sum 'a+b'")
-    return symbols, constant
+    return tuple(symbols), constant
 
 
 def canonical(dim: Dim) -> Dim:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from attngraph.errors import AttnGraphError
@@ -21,9 +23,13 @@ def to_numpy(dtype: DType) -> np.dtype:
 
 def from_numpy(dtype: np.dtype) -> DType | None:
     """The IR dtype of a NumPy dtype, or None when the IR has no such type."""
-    name = np.dtype(dtype).name
+    return _from_numpy(np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=64)
+def _from_numpy(dtype: np.dtype) -> DType | None:  # cached: every input of every call asks
     try:
-        return DType(name)
+        return DType(dtype.name)
     except ValueError:
         return None
 
