@@ -1,5 +1,5 @@
 """``attngraph``: the command line, one module per command (``main.COMMANDS``)."""
 
-from attngraph.cli.main import COMMANDS, main
+from attngraph.cli.main import COMMANDS, console, main
 
-__all__ = ["COMMANDS", "main"]
+__all__ = ["COMMANDS", "console", "main"]

@@ -16,6 +16,7 @@ stderr; a failed check or conformance run exits with 1.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,5 +97,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The ``attngraph`` command. The process is ours, so OpenMP workers sleep as soon as a parallel region ends
+    (``OMP_WAIT_POLICY=PASSIVE`` unless the environment says otherwise): torch's and numba's then share the
+    cores instead of starving each other, and numba runs on its OpenMP layer (see backends/numba/rules.py).
+    ``main`` itself leaves the environment alone (tests and embedders call it in their own process)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console()

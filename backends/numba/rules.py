@@ -19,13 +19,20 @@ from attngraph.array_math.rules import mask_args, operands_of
 from attngraph.ir import Op
 from attngraph.lowering import NodeCtx
 
-# Threading layer: numba's default (OpenMP) leaves its workers spinning after each kernel, and on a
-# few cores they then starve the BLAS threads of the projections that follow (measured: the output
-# projection after the kernel went from 0.4 to 4 ms at B1 T128). The workqueue layer does not spin;
-# it must not be entered from two Python threads at once, so calls take _KERNEL_LOCK. A
+# Threading layer. OpenMP with its default wait policy leaves its workers spinning after each kernel,
+# and on a few cores they then starve the BLAS threads of the projections that follow (measured: a
+# B1 T128 layer 3.1 -> 8.1 ms). The workqueue layer does not spin, but wakes its workers slowly (~0.3 ms a
+# launch: a B1 decode step against 1024 keys took 1.4-2.1 ms on workqueue, 0.7 ms on OpenMP). With
+# OMP_WAIT_POLICY=PASSIVE in the environment OpenMP workers sleep at once, so OpenMP is the better of
+# both there (the layer 3.0 ms, decode 0.7 ms); without it, workqueue. Either way kernel calls take
+# _KERNEL_LOCK (workqueue must not be entered from two Python threads at once). A
 # NUMBA_THREADING_LAYER set by the user wins.
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    if os.environ.get("OMP_WAIT_POLICY", "").strip().upper() == "PASSIVE":
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]  # workqueue if OpenMP cannot load
+        numba.config.THREADING_LAYER = "default"
+    else:
+        numba.config.THREADING_LAYER = "workqueue"
 _KERNEL_LOCK = threading.Lock()
 _BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
 

@@ -3,6 +3,8 @@ edges, every tile size, and thread counts. Compared with the float64 oracle."""
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 import oracle
 import pytest
@@ -83,3 +85,65 @@ def test_calls_from_several_python_threads_at_once():
         outs = list(pool.map(lambda x: run(x)["y"], xs))
     for x, y in zip(xs, outs, strict=True):
         assert_close(y, oracle.core(x["q"], x["k"], x["v"], causal=True)[0], "float32")
+
+
+_LAYER_CHECK = textwrap.dedent("""
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+    import numba, numpy as np, attngraph as ag
+    sys.path.insert(0, sys.argv[1])
+    import oracle
+    rng = np.random.default_rng(0)
+    prefill = ag.core_attention(4, 16, num_kv_heads=2, causal=True, alibi="after_scale")
+    run = ag.compile(prefill, "numba")
+    xs = [{n: rng.standard_normal((2, 4 if n == "q" else 2, 90, 16), dtype=np.float32) for n in "qkv"}
+          for _ in range(4)]
+    with ThreadPoolExecutor(2) as pool:          # two Python threads entering the kernels at once
+        outs = list(pool.map(lambda x: run(x)["y"], xs))
+    ref = ag.compile(prefill, "numpy")
+    worst = max(float(np.abs(y - ref(x)["y"]).max()) for x, y in zip(xs, outs))
+    step = ag.core_attention(4, 16, num_kv_heads=2, causal=True, kv_cache="static", max_len=600)
+    cache = {n: rng.standard_normal((2, 2, 600, 16), dtype=np.float32) for n in ("past_key", "past_value")}
+    feed = {"q": rng.standard_normal((2, 4, 1, 16), dtype=np.float32),
+            "k": rng.standard_normal((2, 2, 1, 16), dtype=np.float32),
+            "v": rng.standard_normal((2, 2, 1, 16), dtype=np.float32),
+            "cache_lengths": np.array([599, 300]), **cache}
+    want = ag.compile(step, "numpy")({**feed, **{n: c.copy() for n, c in cache.items()}})["y"]
+    got = ag.compile(step, "numba")(feed)["y"]
+    print(numba.threading_layer(), worst, float(np.abs(got - want).max()))
+""")
+
+
+@pytest.mark.parametrize("policy, layer", [("PASSIVE", "omp"), (None, "workqueue")])
+def test_threading_layer_follows_the_wait_policy(policy, layer):
+    """OMP_WAIT_POLICY=PASSIVE: numba's OpenMP layer (its workers sleep at once, and wake faster than
+    workqueue's); otherwise workqueue. Either way prefill from two Python threads at once and a decode step
+    agree with numpy. A fresh process: the layer is chosen once per process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_THREADING_LAYER")}
+    if policy:
+        env["OMP_WAIT_POLICY"] = policy
+    done = subprocess.run([sys.executable, "-c", _LAYER_CHECK, str(Path(__file__).parents[1])], env=env,
+                          capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got_layer, prefill_err, decode_err = done.stdout.split()[-3:]
+    assert got_layer == layer
+    assert float(prefill_err) < 1e-5 and float(decode_err) < 1e-5, done.stdout
+
+
+def test_the_console_command_sets_a_passive_wait_policy_unless_one_is_given(monkeypatch):
+    import importlib
+
+    cli = importlib.import_module("attngraph.cli.main")  # the module (attngraph.cli.main is also the function)
+
+    for policy, expected in [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")]:
+        env = {} if policy is None else {"OMP_WAIT_POLICY": policy}
+        monkeypatch.setattr(cli.os, "environ", env)
+        monkeypatch.setattr(cli.sys, "argv", ["attngraph", "--help"])
+        with pytest.raises(SystemExit):
+            cli.console()
+        assert env["OMP_WAIT_POLICY"] == expected
