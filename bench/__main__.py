@@ -23,7 +23,7 @@ from bench.runner import run_worker
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m bench", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--quick", action="store_true", help="tiny shapes: a one-minute smoke run")
     p.add_argument("--impls", default="default", help="'default' (the peers and each attngraph backend), 'all', "
                    "or comma-separated name patterns, e.g. 'ort-*,attngraph-onnx-*'")

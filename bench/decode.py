@@ -29,7 +29,7 @@ BACKENDS = ("numpy", "numba", "torch", "onnx")
 
 
 def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m bench.decode", description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes")
     p.add_argument("--caches", type=int, nargs="+", default=[1024, 4096, 16384],

@@ -28,7 +28,7 @@ BACKENDS = ("numpy", "numba", "torch", "onnx")
 
 
 def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.hf_layer", description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog="python -m bench.hf_layer", description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[512, 2048], help="prefill lengths")
     p.add_argument("--cache", type=int, default=2048, help="cached tokens before the decode step")
