@@ -343,3 +343,20 @@ def test_a_single_attention_node_under_foreign_metadata_runs_as_what_it_is(tmp_p
     want = ort.InferenceSession(model.SerializeToString()).run(["Y"], {"X": x})[0]
     np.testing.assert_allclose(run(X=x)["Y"], want, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(ag.compile(run.graph, "numpy")(X=x)["Y"], want, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("spinning, entry", [(True, "1"), (False, "0")])
+def test_spinning_option_reaches_the_session_and_changes_no_number(spinning, entry):
+    """``spinning=False``: onnxruntime's threads sleep after each run (for processes shared with other thread
+    pools); the session says so, and the outputs are the same."""
+    from attngraph_backends.onnx.backend import OnnxBackend
+
+    g = ag.causal_self_attention(32, 4, num_kv_heads=2)
+    w = ag.Weights.random(g, seed=0)
+    backend = OnnxBackend()
+    opts = backend.resolve_options({"spinning": spinning})
+    sess = backend.session(backend.to_model(g, w).SerializeToString(), opts)
+    assert sess.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == entry
+    x = np.random.default_rng(0).standard_normal((2, 5, 32), dtype=np.float32)
+    np.testing.assert_array_equal(ag.compile(g, "onnx", weights=w, spinning=spinning)(x=x)["y"],
+                                  ag.compile(g, "onnx", weights=w)(x=x)["y"])
