@@ -6,8 +6,8 @@ d_model 2048, 32 heads, 8 kv heads, head dim 64 (random weights from a config: n
 Prefill at T 512 and 2048 (batch 1, causal), and one decode step against a 2048-token cache. The
 module is called exactly as its model calls it (arguments captured by a forward pre-hook while the
 model runs), so it pays for its own rotary, mask and cache handling, as attngraph's graph does.
-Decode: the module appends to its ``DynamicCache`` (torch.cat; cropped back before each call), the imported graph takes the cache as
-``past_key``/``past_value`` (concat); ``attngraph-numba (static)`` runs the same layer built with
+Decode: the module appends to its ``DynamicCache`` (torch.cat; cropped back before each call), the imported
+graph takes the cache as ``past_key``/``past_value`` (concat); ``attngraph-numba (static)`` runs the same layer built with
 ``kv_cache="static"`` (the cache written in place, in a 4096-slot buffer).
 
     python -m bench.hf_layer [--seqs 512 2048] [--cache 2048] [--out bench/reports/cpu-hf-layer.md]

@@ -45,7 +45,8 @@ OPSETS = {"ts": 17, "dynamo": 18}
 
 
 def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.onnx_optimize", description=" ".join(__doc__.split("\n\n")[0].split()),
+    p = argparse.ArgumentParser(prog="python -m bench.onnx_optimize",
+                                description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--models", nargs="+", default=["bert", "gpt2", "llama"], choices=["bert", "gpt2", "llama"],
                    help="model families")

@@ -23,7 +23,8 @@ from bench.roundrobin import publish, round_robin, table
 
 
 def _args(argv):
-    p = argparse.ArgumentParser(prog="python -m bench.positions", description=" ".join(__doc__.split("\n\n")[0].split()),
+    p = argparse.ArgumentParser(prog="python -m bench.positions",
+                                description=" ".join(__doc__.split("\n\n")[0].split()),
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[512, 1024, 2048, 4096], help="prefill lengths")
     p.add_argument("--rounds", type=int, default=5, help="round-robin rounds per shape")

@@ -47,7 +47,8 @@ COMMANDS: dict[str, Command] = {
                     tune.configure, tune.run),
     "hf-export": Command("list the attention layers of a local Hugging Face checkpoint and export them to ONNX",
                          hf.configure, hf.run),
-    "inspect": Command("list the attention subgraphs discovery finds in an ONNX model", inspect_cmd.configure, inspect_cmd.run),
+    "inspect": Command("list the attention subgraphs discovery finds in an ONNX model", inspect_cmd.configure,
+                       inspect_cmd.run),
     "optimize": Command("rewrite every attention subgraph of an ONNX model in one export style, checked under "
                         "onnxruntime", optimize_cmd.configure, optimize_cmd.run),
 }

@@ -1,6 +1,7 @@
 """ONNX's own ``test_attention_*``, ``test_rotary_embedding*`` and ``test_rms_normalization*`` node
-cases (built in memory by the installed onnx), through ``from_onnx``: the graph is ours, the inputs are ONNX's. The function-body ``_expanded`` twins are
-left out: they are the same cases written in primitive ops, which ``from_onnx`` does not import."""
+cases (built in memory by the installed onnx), through ``from_onnx``: the graph is ours, the inputs are
+ONNX's. The function-body ``_expanded`` twins are left out: they are the same cases written in primitive
+ops, which ``from_onnx`` does not import."""
 
 from __future__ import annotations
 

@@ -221,7 +221,8 @@ def _validate_positions(c: AttentionConfig) -> None:
     rotary_only = {"rotary_dim": c.rotary_dim, "rope_scaling": c.rope_scaling, "position_ids": c.position_ids,
                    "rope_cache": c.rope_cache}
     if not c.rotary and any(v for v in rotary_only.values()):
-        fail(f"{[k for k, v in rotary_only.items() if v]} apply to rotary embeddings; set rotary='half' or 'interleaved'")
+        fail(f"{[k for k, v in rotary_only.items() if v]} apply to rotary embeddings; "
+             "set rotary='half' or 'interleaved'")
     if c.rotary:
         rd = c.effective_rotary_dim
         if rd % 2 or not 2 <= rd <= c.qk_head_dim:

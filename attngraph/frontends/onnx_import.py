@@ -47,7 +47,8 @@ def load_model(source):
         model = onnx.ModelProto()
         model.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as e:
-        raise SerializationError(f"{str(source)[:80]!r} is not a valid ONNX file (truncated or corrupt?): {e}") from None
+        raise SerializationError(f"{str(source)[:80]!r} is not a valid ONNX file (truncated or corrupt?): "
+                                 f"{e}") from None
     if not model.graph.node:
         raise SerializationError(f"{str(source)[:80]!r} holds no ONNX graph (empty or not an ONNX model)")
     return model
@@ -191,7 +192,8 @@ def _pad_short_mask(graph: Graph, node: AttentionNode) -> Graph:
     back = em.emit(Op.TRANSPOSE, read, perm=(*range(1, rank), 0))
     fill = em.const(False if full.type.dtype is DType.BOOL else float("-inf"), full.type.dtype)
     padded = em.emit(Op.WHERE, em.emit(Op.LESS, columns, em.const(d, DType.INT64)), back, fill, name="attn_mask_padded")
-    body = tuple(Node(n.op, tuple(padded if v == full else v for v in n.inputs), n.outputs, n.attrs) for n in graph.nodes)
+    body = tuple(Node(n.op, tuple(padded if v == full else v for v in n.inputs), n.outputs, n.attrs)
+                 for n in graph.nodes)
     inputs = tuple(short if v == full else v for v in graph.inputs)
     return verify_graph(graph.replace(inputs=inputs, nodes=tuple(em.nodes) + body))
 

@@ -31,8 +31,8 @@ OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **POSITION_SPECS, **CACHE_SPECS
 # attributes holding a dim (int or symbol): kept in canonical spelling so equal dims compare equal
 DIM_ATTRS = frozenset({"offset", "length", "start", "stop"})
 
-__all__ = ["ATTENTION_OPERANDS", "DIM_ATTRS", "POSITION_BIAS_ATTRS", "uses_symbols", "MASK_ATTRS", "MASK_OPERANDS", "OPS", "REQUIRED", "OpSpec", "check_mask_operands",
-           "complete_attrs", "infer_types", "normalize_attr"]
+__all__ = ["ATTENTION_OPERANDS", "DIM_ATTRS", "POSITION_BIAS_ATTRS", "uses_symbols", "MASK_ATTRS", "MASK_OPERANDS",
+           "OPS", "REQUIRED", "OpSpec", "check_mask_operands", "complete_attrs", "infer_types", "normalize_attr"]
 
 
 def normalize_attr(value: Attr) -> Attr:

@@ -35,7 +35,8 @@ def verify_graph(graph: Graph) -> Graph:
             raise GraphError(f"unknown op {node.op!r}\n  at: {line}")
         for value in node.inputs:
             if defined.get(value.name) != value:
-                why = "is used before it is defined" if value.name not in defined else "has a different type than where it is defined"
+                why = ("is used before it is defined" if value.name not in defined
+                       else "has a different type than where it is defined")
                 raise GraphError(f"input %{value.name} {why}\n  at: {line}")
         given = node.attr_dict
         try:

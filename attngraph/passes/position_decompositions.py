@@ -115,8 +115,8 @@ def t5_buckets(em: Emitter, distance: Value, num_buckets: int, max_distance: int
     safe = em.cast(em.emit(Op.WHERE, em.emit(Op.LESS, n, one), one, n), F64)  # log(0) never taken
     ratio = em.emit(Op.DIV, em.emit(Op.LOG, em.emit(Op.DIV, safe, em.const(float(exact), F64))),
                     em.const(math.log(max_distance / exact), F64))
-    large = em.emit(Op.ADD, em.cast(em.emit(Op.FLOOR, em.emit(Op.MUL, ratio, em.const(float(num_buckets - exact), F64))),
-                                    I64), em.const(exact, I64))
+    scaled = em.emit(Op.MUL, ratio, em.const(float(num_buckets - exact), F64))
+    large = em.emit(Op.ADD, em.cast(em.emit(Op.FLOOR, scaled), I64), em.const(exact, I64))
     large = em.emit(Op.MINIMUM, large, em.const(num_buckets - 1, I64))
     return em.emit(Op.ADD, base, em.emit(Op.WHERE, em.emit(Op.LESS, n, em.const(exact, I64)), n, large))
 

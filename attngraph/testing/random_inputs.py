@@ -13,7 +13,8 @@ from attngraph.ir.dtypes import to_numpy
 
 def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
     """One array per graph input: floats ~ N(0, 1); bool masks about 80% True with the diagonal kept;
-    key lengths uniform in [1, kv_total] (0 when there are no keys). ``sizes`` binds the symbols (``batch``, ``q_len``...)."""
+    key lengths uniform in [1, kv_total] (0 when there are no keys). ``sizes`` binds the symbols (``batch``,
+    ``q_len``...)."""
     rng = np.random.default_rng(seed)
     out = {}
     for value in graph.inputs:

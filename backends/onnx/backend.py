@@ -15,8 +15,9 @@ from attngraph.errors import AttnGraphError, LoweringError
 from attngraph.ir import DType, Graph
 from attngraph.lowering import Backend, Executable
 
-OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-              "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+_LEVEL = ort.GraphOptimizationLevel
+OPT_LEVELS = {"disable": _LEVEL.ORT_DISABLE_ALL, "basic": _LEVEL.ORT_ENABLE_BASIC,
+              "extended": _LEVEL.ORT_ENABLE_EXTENDED, "all": _LEVEL.ORT_ENABLE_ALL}
 
 def best_providers() -> list[str]:
     """TensorRT and CUDA when this onnxruntime has them, then the CPU."""

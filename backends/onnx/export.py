@@ -83,7 +83,9 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
         env[p] = e.to_compute(p.name, p.type.dtype)
     interpret(lowered.nodes, STYLES[style], env, {}, e)
     gp = e.finish(lowered, env, doc=f"attngraph export, style {style}")
-    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid("com.microsoft", 1)] if style == "contrib" else [])
+    imports = [helper.make_opsetid("", opset)]
+    if style == "contrib":
+        imports.append(helper.make_opsetid("com.microsoft", 1))
     model = helper.make_model(gp, opset_imports=imports, producer_name="attngraph", producer_version=_version())
     model.ir_version = IR_VERSION
     from attngraph.ir.serialize import to_json

@@ -26,7 +26,8 @@ from attngraph.passes.rewrite import Emitter
 def any_nonfinite(e: OnnxEmitter, x: str) -> str:
     """A bool scalar: does ``x`` hold a NaN or an inf? (False for an empty ``x``.)"""
     bad = e.op("Cast", [e.op("Or", [e.op("IsNaN", [x]), e.op("IsInf", [x])])], to=ONNX_TYPES[e.compute])
-    flat = e.op("Concat", [e.op("Reshape", [bad, e.i64([-1])]), e.const(np.zeros(1, e.np_compute))], axis=0)  # never empty
+    # one extra zero: never empty
+    flat = e.op("Concat", [e.op("Reshape", [bad, e.i64([-1])]), e.const(np.zeros(1, e.np_compute))], axis=0)
     return e.op("Greater", [e.op("ReduceMax", [flat], keepdims=0), e.scalar(0.0)], hint="has_nonfinite")
 
 

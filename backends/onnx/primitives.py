@@ -18,8 +18,8 @@ PRIMITIVES = Rules("onnx")
 
 _UNARY = {Op.NEG: "Neg", Op.EXP: "Exp", Op.LOG: "Log", Op.TANH: "Tanh", Op.SQRT: "Sqrt", Op.SIN: "Sin",
           Op.COS: "Cos", Op.ABS: "Abs", Op.FLOOR: "Floor"}
-_BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div", Op.MAXIMUM: "Max", Op.MINIMUM: "Min", Op.MOD: "Mod",
-           Op.LESS: "Less", Op.LESS_EQUAL: "LessOrEqual", Op.EQUAL: "Equal", Op.AND: "And", Op.OR: "Or",
+_BINARY = {Op.ADD: "Add", Op.SUB: "Sub", Op.MUL: "Mul", Op.DIV: "Div", Op.MAXIMUM: "Max", Op.MINIMUM: "Min",
+           Op.MOD: "Mod", Op.LESS: "Less", Op.LESS_EQUAL: "LessOrEqual", Op.EQUAL: "Equal", Op.AND: "And", Op.OR: "Or",
            Op.NOT: "Not", Op.WHERE: "Where"}
 
 

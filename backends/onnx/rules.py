@@ -1,8 +1,8 @@
 """ONNX lowering rules, in ``Op`` order. Each rule appends nodes to the emitter and returns names.
 
-``DECOMPOSED`` (which starts from the primitives' rules, ``primitives.py``) covers every op with standard ONNX ops (the fused ``attention`` op is expanded
-first). ``ATTENTION_STYLE`` adds a rule lowering ``attention`` to the standard opset-23
-``Attention`` operator; ``CONTRIB_STYLE`` one lowering it to onnxruntime's
+``DECOMPOSED`` (which starts from the primitives' rules, ``primitives.py``) covers every op with standard ONNX
+ops (the fused ``attention`` op is expanded first). ``ATTENTION_STYLE`` adds a rule lowering ``attention`` to
+the standard opset-23 ``Attention`` operator; ``CONTRIB_STYLE`` one lowering it to onnxruntime's
 ``com.microsoft.MultiHeadAttention``, refusing every graph where that op is not exact.
 """
 
