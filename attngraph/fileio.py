@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+EXTERNAL_DATA_BYTES = 1 << 30  # ONNX weights above this go to a side file (protobuf caps a file at 2 GiB)
 STALE_AFTER_S = 600.0  # no save takes 10 minutes between two writes to its temporary
 # tempfile.mkstemp / mkdtemp put 8 characters of this alphabet between our prefix and suffix
 _RANDOM = r"[a-z0-9_]{8}"

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from attngraph.fileio import atomic_save_onnx
+from attngraph.fileio import EXTERNAL_DATA_BYTES, atomic_save_onnx
 from attngraph.ir import Graph
-
-EXTERNAL_DATA_BYTES = 1 << 30  # weights above this go to a side file (protobuf caps a file at 2 GiB)
 
 
 def export_onnx(graph: Graph, path: str | os.PathLike, weights=None, *, style: str = "auto",

@@ -58,14 +58,15 @@ def sdpa_position_bias(q, k, v, operands, biases: PositionBiases, *, scale: floa
     kv_len = k.shape[2]
     gqa = hq != k.shape[1]
     step = max(1, min(q_len, max_bytes // max(1, 2 * batch * hq * kv_len * q.element_size())))
-    if _causal_prefix(mask):
+    prefix = _causal_prefix(mask)
+    if prefix:
         step = min(step, CAUSAL_CHUNK_ROWS)  # smaller chunks skip more of the masked future
     out = torch.empty((batch, hq, q_len, v.shape[3]), dtype=q.dtype, device=q.device)
     for r0 in range(0, q_len, step):
         rows = min(q_len, r0 + step) - r0
         # Under a causal mask with a scalar offset, the chunk's last row sees keys [0, offset + r0 + rows):
         # the keys after that are masked for every row of the chunk, so SDPA never reads them.
-        end = max(1, min(kv_len, mask["offset"] + r0 + rows)) if _causal_prefix(mask) else kv_len
+        end = max(1, min(kv_len, mask["offset"] + r0 + rows)) if prefix else kv_len
         distance = key_distance(xp, r0, rows, end, mask["offset"], q.device)
         bias = biases.additive(xp, distance, scale, operands.get("rel_table"), q.dtype, q.device)
         if "bias" in operands:

@@ -30,6 +30,7 @@ import stat
 from pathlib import Path
 
 from attngraph.errors import SerializationError
+from attngraph.fileio import EXTERNAL_DATA_BYTES  # save_model puts weights in a side file above this
 from attngraph.frontends.onnx_discovery.model_checks import (
     PROTOBUF_LIMIT,
     External,
@@ -44,7 +45,6 @@ from attngraph.frontends.onnx_discovery.model_checks import (
 __all__ = ["EXTERNAL_DATA_BYTES", "PROTOBUF_LIMIT", "check_model_proto", "load_untrusted", "model_nbytes",
            "physical_memory", "save_model", "tensor_nbytes"]
 
-EXTERNAL_DATA_BYTES = 1 << 30  # save_model puts weights in a side file above this
 
 
 def load_untrusted(source, *, max_bytes: int | None = None):
