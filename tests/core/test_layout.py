@@ -73,6 +73,47 @@ def test_no_import_cycles():
             visit(m)
 
 
+def test_no_import_hidden_behind_importlib():
+    """Defect s3-6: ``importlib.import_module("attngraph....")`` hid a cycle between the two ONNX importers from
+    the test above. Only the backend registry loads modules by name (the backends it is told about)."""
+    offenders = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "import_module"
+                    and node.args and isinstance(node.args[0], ast.Constant)
+                    and str(node.args[0].value).startswith(("attngraph", "backends"))):
+                offenders.append(f"{module}: import_module({node.args[0].value!r})")
+    assert not offenders, offenders
+
+
+def test_onnx_importers_import_one_way():
+    """Defect s3-6: discovery and ``from_onnx`` share the single-node importer, which sits below both."""
+    graph = _graph()
+    discovery = {m for m in graph if m.startswith("attngraph.frontends.onnx_discovery")}
+    assert not any("attngraph.frontends.onnx_import" in graph[m] for m in discovery)
+    assert "attngraph.frontends.onnx_node_import" in graph["attngraph.frontends.onnx_discovery.single"]
+    assert not any(d.startswith("attngraph.frontends.onnx_discovery") or d == "attngraph.frontends.onnx_import"
+                   for d in graph["attngraph.frontends.onnx_node_import"])
+
+
+def test_no_leftover_shims():
+    """Defect s3-5: no module is a bare alias of another (a docstring and star imports, such as the old
+    ``attngraph/registry.py`` beside ``lowering/registry.py``): each module has one home."""
+    shims = []
+    for module, path in _modules().items():
+        if path.name == "__init__.py":
+            continue
+        body = ast.parse(path.read_text(encoding="utf-8")).body
+        code = [n for n in body if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]
+        if code and all(isinstance(n, ast.ImportFrom | ast.Import) for n in code) and any(
+                a.name == "*" for n in code if isinstance(n, ast.ImportFrom) for a in n.names):
+            shims.append(module)
+    assert not shims, f"alias modules that only re-export another: {shims}"
+    for gone in ("attngraph.mha", "attngraph.torch_masks", "attngraph.registry"):
+        assert gone not in _modules(), gone
+
+
 def test_no_internal_module_imports_the_package_facade():
     offenders = sorted(m for m, deps in _graph().items() if "attngraph" in deps and m != "attngraph")
     assert not offenders, f"these modules import the package facade `attngraph` (import from its stages): {offenders}"

@@ -77,15 +77,23 @@ def test_dropping_the_feature_breaks_the_match(name):
 
 
 def test_falcon_alibi_follows_the_implementation():
-    """Falcon's eager path adds ALiBi twice (slopes doubled), sdpa once: each import matches its own module only."""
+    """Falcon's ALiBi depends on the transformers release: before 5.25 its eager path added it twice (slopes
+    doubled) and sdpa once; from 5.25 on both add it once, through the mask. Each import matches its own module."""
     eager = recorded("falcon_alibi")
     sdpa = recorded("falcon_alibi", "sdpa")
     path = hc.FAMILIES["falcon_alibi"].layers[0]
-    (_, ei, es), (_, si, _) = eager, sdpa
-    assert np.allclose(np.array(ei[path].config.alibi_slopes), 2 * np.array(si[path].config.alibi_slopes))
-    assert any("twice" in n for n in ei[path].notes)
-    wrong = ag.compile(si[path], "numpy")(es[path][0].feed)["y"]
-    assert rel(wrong, es[path][0].output) > 100 * TOL
+    (_, ei, es), (_, si, ss) = eager, sdpa
+    module = ei[path].spec
+    twice = any("twice" in n for n in ei[path].notes)
+    factor = 2 if twice else 1
+    assert np.allclose(np.array(ei[path].config.alibi_slopes), factor * np.array(si[path].config.alibi_slopes))
+    assert module.alibi == "before_scale" and module.alibi_counts_tokens
+    family = hc.FAMILIES["falcon_alibi"]
+    for impl, imported, steps in (("eager", ei[path], es[path]), ("sdpa", si[path], ss[path])):
+        check(imported, ag.compile(imported, "numpy"), steps, family, f"falcon_alibi {impl}")
+    if twice:  # the two imports differ, and each matches its own module only
+        wrong = ag.compile(si[path], "numpy")(es[path][0].feed)["y"]
+        assert rel(wrong, es[path][0].output) > 100 * TOL
 
 
 def test_fully_masked_rows_give_zero_while_eager_gives_the_mean_of_v():

@@ -1,4 +1,4 @@
-"""An ONNX ``Attention`` node lifted on its own, through ``from_onnx``.
+"""An ONNX ``Attention`` node lifted on its own, through the single-node importer ``from_onnx`` uses.
 
 ``from_onnx`` maps every form of the operator the IR expresses (3-D inputs, ``nonpad_kv_seqlen``, the
 ``qk_matmul_output`` modes, windows) and validates it against the schema. Here the node is cut out of the
@@ -13,6 +13,7 @@ import re
 from attngraph.errors import AttnGraphError
 from attngraph.frontends.onnx_discovery.found import Subgraph
 from attngraph.frontends.onnx_discovery.operands import Refused
+from attngraph.frontends.onnx_node_import import import_node_model
 
 
 def _dim_name(poly, names: dict) -> object:
@@ -29,14 +30,8 @@ def _dim_name(poly, names: dict) -> object:
 
 def attention_node(node, prep, index: int) -> Subgraph:
     """The ``Subgraph`` of one ``Attention`` node (onnx-ir ``node`` of ``prep``), or ``Refused``."""
-    import importlib
-
     import onnx
     from onnx import helper
-
-    # from_onnx(path, subgraph=N) runs discovery, so discovery reaches from_onnx by name at call time: the
-    # modules' static imports stay acyclic
-    from_onnx = importlib.import_module("attngraph.frontends.onnx_import").from_onnx
 
     proto_node = next(n for n in prep.proto.graph.node if n.name == node.name)
     names: dict = {}
@@ -56,7 +51,7 @@ def attention_node(node, prep, index: int) -> Subgraph:
                              opset_imports=[helper.make_opsetid("", opset)])
     mini.ir_version = 10
     try:
-        graph = from_onnx(mini)
+        graph = import_node_model(mini)
     except AttnGraphError as e:
         raise Refused(f"Attention node {node.name!r}: {e}", nodes=(node,)) from None
     ins = {v.name: v.name for v in graph.inputs}

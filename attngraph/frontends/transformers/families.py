@@ -137,20 +137,23 @@ def falcon(m, cfg, idx, opts) -> LayerSpec:
         layout, kv = "rows", 1
     else:
         layout, kv = "per_head", heads
+    # transformers >= 5.25 runs Falcon through the shared attention interface (``num_key_value_groups`` marks it):
+    # its cache keeps the kv heads as they are and ALiBi enters once, through the mask, in every implementation
+    shared_interface = hasattr(m, "num_key_value_groups")
     common = {"family": "", "module": "", "layer_idx": idx, "kind": "self", "causal": True,
               "d_model": m.hidden_size, "num_heads": heads, "num_kv_heads": kv, "head_dim": hd, "layout": layout,
               "projections": ("query_key_value", "dense"), "scale": float(m.inv_norm_factor), "cache": True,
-              "cache_heads": heads if cfg.new_decoder_architecture else None}
+              "cache_heads": heads if cfg.new_decoder_architecture and not shared_interface else None}
     if not cfg.alibi:
         return LayerSpec(rope=rope_spec(m, cfg, hd), **common)
-    return LayerSpec(**common, **_falcon_alibi(heads, cfg, opts))
+    return LayerSpec(**common, **_falcon_alibi(heads, cfg, opts, shared_interface))
 
 
-def _falcon_alibi(heads: int, cfg: Any, opts: ReadOptions) -> dict:
-    """Falcon's ALiBi: ``(q.k + alibi) * scale``. Its eager path adds the ALiBi twice (once to the scores,
-    once more through the model's mask, which carries alibi * scale) while sdpa adds it once: the slopes are
-    doubled to match the module's configured implementation (eager too under sdpa with output_attentions,
-    which falls back to the eager path)."""
+def _falcon_alibi(heads: int, cfg: Any, opts: ReadOptions, shared_interface: bool) -> dict:
+    """Falcon's ALiBi: ``(q.k + alibi) * scale``. Before transformers 5.25 its eager path added the ALiBi twice
+    (once to the scores, once more through the model's mask, which carries alibi * scale) while sdpa added it
+    once: the slopes are doubled to match the module's configured implementation (eager too under sdpa with
+    output_attentions, which falls back to the eager path). From 5.25 on, both add it once, through the mask."""
     import torch
     from transformers.models.falcon.modeling_falcon import build_alibi_tensor
 
@@ -158,7 +161,7 @@ def _falcon_alibi(heads: int, cfg: Any, opts: ReadOptions) -> dict:
     if impl not in ("eager", "sdpa"):
         raise UnsupportedConfig(f"Falcon ALiBi under attn_implementation={impl!r} is not imported (its ALiBi "
                                 "handling differs); load the model with attn_implementation='eager' or 'sdpa'")
-    twice = impl == "eager" or opts.output_attentions
+    twice = (impl == "eager" or opts.output_attentions) and not shared_interface
     # slope * position 1, as Falcon computes it (slopes rounded to bfloat16)
     slopes = build_alibi_tensor(torch.ones((1, 2), dtype=torch.long), heads, torch.float32).reshape(heads, 2)[:, 1]
     note = (f"Falcon {'eager' if twice else 'sdpa'}: ALiBi applied {'twice' if twice else 'once'} "
