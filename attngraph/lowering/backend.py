@@ -23,6 +23,7 @@ from attngraph.ir.specs import uses_symbols
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering.checking import check_inputs, native_byte_order
 from attngraph.lowering.rules import Rules, interpret
+from attngraph.lowering.value_checks import ValueChecks
 from attngraph.lowering.weights import Weights
 from attngraph.passes.decompose import covered_ops, decompose
 from attngraph.passes.fuse_attention import fuse_attention
@@ -46,12 +47,22 @@ def split_param_nodes(graph: Graph) -> tuple[list[Node], list[Node]]:
 
 @dataclass
 class Executable:
-    """A compiled graph: call it with arrays by input name; get a dict of arrays by output name."""
+    """A compiled graph: call it with arrays by input name; get a dict of arrays by output name.
+
+    Every call checks the inputs' names, dtypes and shapes (``checking``), then the values of the length and
+    position inputs (``value_checks``), before ``run`` hands them to the backend. ``value_checks`` are those
+    of the graph the user compiled (made from ``graph`` when not given): a backend's lowered graph may have
+    expanded the ops that say what those values index."""
 
     graph: Graph
     backend: str
     run: Callable[[dict[str, Any], dict[str, int]], dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
+    value_checks: ValueChecks | None = None
+
+    def __post_init__(self) -> None:
+        if self.value_checks is None:
+            self.value_checks = ValueChecks(self.graph)
 
     @property
     def input_names(self) -> list[str]:
@@ -64,6 +75,7 @@ class Executable:
     def __call__(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, Any]:
         given = native_byte_order({**(inputs or {}), **named})
         bound = check_inputs(self.graph, given)
+        self.value_checks(given, bound)
         return self.run(given, bound)
 
     def __repr__(self) -> str:
@@ -177,4 +189,4 @@ class Backend:
             results = execute(local, bound, outputs)
             return {v.name: self.to_numpy(r) for v, r in zip(outputs, results, strict=True)}
 
-        return Executable(lowered, self.name, run, opts)
+        return Executable(lowered, self.name, run, opts, ValueChecks(graph))

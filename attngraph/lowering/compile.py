@@ -101,7 +101,7 @@ def compile_auto(graph: Graph, weights: Mapping[str, np.ndarray] | None = None, 
                 state["index"], state["ex"] = first_working(state["index"] + 1)
                 auto.backend = f"auto:{order[state['index']]}"
 
-    auto = Executable(ex.graph, f"auto:{order[index]}", run, {"selection": selection})
+    auto = Executable(ex.graph, f"auto:{order[index]}", run, {"selection": selection}, ex.value_checks)
     auto.selection = selection
     return auto
 

@@ -9,6 +9,7 @@ import numpy as np
 from attngraph.errors import InputError
 from attngraph.ir import DType, Graph, dims
 from attngraph.ir.dtypes import to_numpy
+from attngraph.lowering.value_checks import bounds_of
 
 
 def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -30,7 +31,22 @@ def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict
             out[value.name] = arr
         elif dt in (DType.INT32, DType.INT64):  # key lengths: 1..kv_total keys kept per batch row
             total = sizes.get("kv_len", sizes.get("q_len", 1)) + sizes.get("past_len", 0)
+            total = min([total, *_largest_index(graph, value, sizes)])
             out[value.name] = rng.integers(min(1, total), total + 1, size=shape).astype(to_numpy(dt))
         else:
             out[value.name] = rng.standard_normal(shape).astype(to_numpy(dt))
+    return out
+
+
+def _largest_index(graph: Graph, value, sizes: Mapping[str, int]) -> list[int]:
+    """The largest value each op that reads ``value`` as a length or position takes (the input value checks')."""
+    out = []
+    for node in graph.nodes:
+        for bound in bounds_of(node):
+            try:
+                high = bound.range(sizes)[1] if bound.value == value else None
+            except KeyError:  # a size the caller did not give: that op's bound is left out
+                high = None
+            if high is not None:
+                out.append(high)
     return out

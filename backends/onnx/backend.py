@@ -14,6 +14,7 @@ from attngraph_backends.onnx.fused import ATTENTION_STYLE
 from attngraph.errors import AttnGraphError, LoweringError
 from attngraph.ir import DType, Graph
 from attngraph.lowering import Backend, Executable
+from attngraph.lowering.value_checks import ValueChecks
 
 _LEVEL = ort.GraphOptimizationLevel
 OPT_LEVELS = {"disable": _LEVEL.ORT_DISABLE_ALL, "basic": _LEVEL.ORT_ENABLE_BASIC,
@@ -65,7 +66,10 @@ class OnnxBackend(Backend):
         spin = "1" if opts["spinning"] else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", spin)
         so.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        so.log_severity_level = 3  # errors only: onnxruntime warns about its own Attention output-shape inference
+        # fatal only: onnxruntime logs each failed run to stderr, and every such failure reaches the caller as an
+        # exception anyway (wrapped in attngraph's error); at level 3 it also warned about its own Attention
+        # output-shape inference
+        so.log_severity_level = 4
         # onnxruntime folds a Mul into FusedMatMul's float32 `alpha`, costing float64 graphs ~1e-8 relative
         # error; keep float64 exact by switching that one rewrite off.
         disabled = ["MatMulScaleFusion"] if float64 else []
@@ -83,7 +87,7 @@ class OnnxBackend(Backend):
 
             path = os.fspath(graph)
             model = load_model(path)
-            ir_graph = _graph_of(model, os.path.dirname(os.path.abspath(path)))
+            ir_graph = source = _graph_of(model, os.path.dirname(os.path.abspath(path)))
             # onnxruntime runs the very bytes just checked; only a model with external data goes by its
             # path, so that onnxruntime finds the data beside it
             data = path if _has_external_data(model) else model.SerializeToString()
@@ -92,13 +96,14 @@ class OnnxBackend(Backend):
             model = to_onnx(graph, weights, style=style, opset=opts["opset"])
             data = model.SerializeToString()
             ir_graph = prepared(graph, {p.key: p.value for p in model.metadata_props}["attngraph.style"])
+            source = graph
         sess = self.session(data, opts, float64=any(v.type.dtype is DType.FLOAT64 for v in ir_graph.inputs))
         names = [o.name for o in sess.get_outputs()]
 
         halves = any(v.type.dtype is DType.BFLOAT16 for v in ir_graph.inputs + ir_graph.outputs)
         caches = cache_pairs(ir_graph) if opts["cache_inplace"] else {}
 
-        def run(given: dict, bound: dict) -> dict:
+        def run_session(given: dict, bound: dict) -> dict:
             if halves:
                 return _run_bfloat16(sess, ir_graph, given, bound)
             if caches and all(_aliasable(given[past]) for past in caches.values()):
@@ -106,7 +111,14 @@ class OnnxBackend(Backend):
             feed = {v.name: np.asarray(given[v.name]) for v in ir_graph.inputs}
             return dict(zip(names, sess.run(names, feed)))
 
-        exe = Executable(ir_graph, self.name, run, opts)
+        def run(given: dict, bound: dict) -> dict:
+            try:
+                return run_session(given, bound)
+            except Exception as e:  # onnxruntime raises its own exception types, none of them attngraph's
+                raise LoweringError(f"onnxruntime failed to run the model on {sess.get_providers()[0]}: "
+                                    f"{e}") from e
+
+        exe = Executable(ir_graph, self.name, run, opts, ValueChecks(source))
         exe.session = sess
         return exe
 

@@ -107,6 +107,26 @@ def test_fully_masked_rows_give_zero_while_eager_gives_the_mean_of_v():
     assert np.all(out[~step.rows] == 0) and np.abs(step.output[~step.rows]).max() > 1e-3
 
 
+def test_s3_3_bloom_outputs_require_the_residual():
+    """Defect s3-3: BloomAttention returns dense(ctx) + residual, and outputs() without residual= returned
+    dense(ctx) alone (relative error 0.84 against the module, no warning). Now it is required, and checked."""
+    _, imports, steps = recorded("bloom")
+    path = hc.FAMILIES["bloom"].layers[0]
+    imported, step = imports[path], steps[path][0]
+    result = ag.compile(imported, "numpy")(step.feed)
+    with pytest.raises(ConfigError, match=r"BloomAttention returns dense\(attention\) \+ residual: pass the module's "
+                                          r"residual argument \(its second\) as outputs\(result, residual=\.\.\.\)"):
+        imported.outputs(result)
+    assert rel(imported.outputs(result, residual=step.residual).output, step.output, step.rows) < TOL
+    assert rel(result["y"], step.output, step.rows) > 0.1  # the graph's own output: the attention alone
+    with pytest.raises(ConfigError, match=r"residual= must have the output's shape \(2, 6, 64\)"):
+        imported.outputs(result, residual=step.residual[0])
+    llama = recorded("llama")[1]["model.layers.1.self_attn"]
+    with pytest.raises(ConfigError, match="LlamaAttention does not add a residual to its output; drop residual="):
+        llama.outputs(ag.compile(llama, "numpy")(recorded("llama")[2]["model.layers.1.self_attn"][0].feed),
+                      residual=step.residual)
+
+
 def test_decode_from_bare_cache_tensors_needs_positions_on_a_sliding_layer():
     """(keys, values) instead of the Cache: the sliding cache keeps W-1 tokens, so positions must be given."""
     _model, imports, steps = recorded("mistral")

@@ -103,15 +103,16 @@ class ImportedLayer:
         return feed
 
     def outputs(self, result: dict[str, Any], *, residual: Any = None) -> LayerOutputs:
-        """The graph's outputs as the module gives them: its output (plus ``residual`` for Bloom, whose module
-        adds it), the attention weights, and the new cache entry as the model's own cache
-        (``DynamicCache(config=model.config)``) keeps it: keys already rotated, a sliding layer's trimmed to its
-        last ``window - 1`` tokens, Falcon new_decoder_architecture's expanded to every query head."""
+        """The graph's outputs as the module gives them: its output, the attention weights, and the new cache
+        entry as the model's own cache (``DynamicCache(config=model.config)``) keeps it: keys already rotated, a
+        sliding layer's trimmed to its last ``window - 1`` tokens, Falcon new_decoder_architecture's expanded to
+        every query head.
+
+        ``residual``: required where the module adds one to its output (Bloom: ``dense(ctx) + residual``, its
+        second argument), refused elsewhere. The graph (and its ONNX export) is the attention alone, as every
+        other family's; ``result["y"]`` is ``dense(ctx)`` without the residual."""
         y = np.asarray(result["y"])
-        if residual is not None:
-            if not self.spec.returns_residual:
-                raise ConfigError(f"{self.spec.module} does not add a residual to its output; drop residual=")
-            y = y + _array(residual, y.dtype)
+        y = self._with_residual(y, residual) if residual is not None or self.spec.returns_residual else y
         weights = np.asarray(result["attn_weights"]) if self.config.score_outputs else None
         if not self.config.kv_cache:
             return LayerOutputs(y, weights, None)
@@ -123,6 +124,18 @@ class ImportedLayer:
             group = self.spec.cache_heads // self.spec.num_kv_heads
             k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
         return LayerOutputs(y, weights, (k, v))
+
+    def _with_residual(self, y: np.ndarray, residual: Any) -> np.ndarray:
+        if not self.spec.returns_residual:
+            raise ConfigError(f"{self.spec.module} does not add a residual to its output; drop residual=")
+        if residual is None:
+            raise ConfigError(f"{self.spec.module} returns dense(attention) + residual: pass the module's residual "
+                              "argument (its second) as outputs(result, residual=...); the graph's own result['y'] "
+                              "is the attention without it")
+        r = _array(residual, y.dtype)
+        if r.shape != y.shape:
+            raise ConfigError(f"residual= must have the output's shape {y.shape} (batch, seq, hidden), got {r.shape}")
+        return y + r
 
     # ---- the pieces of inputs() --------------------------------------------------------------------
 
@@ -137,7 +150,9 @@ class ImportedLayer:
                                       f"output_attentions={bool(value)}")
                 continue
             if name == "residual":
-                raise ConfigError("Bloom's residual is added to the output: pass it to outputs(result, residual=...)")
+                raise ConfigError(f"{self.spec.module}'s residual is added to its output: pass it to outputs(result, "
+                                  "residual=...)" if self.spec.returns_residual else
+                                  f"{self.spec.module} takes no residual argument")
             if name in _COMPUTED:
                 raise ConfigError(f"{name} is computed inside the graph; pass the model's 2-D attention_mask and "
                                   "position_ids instead")
