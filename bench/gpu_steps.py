@@ -48,15 +48,13 @@ class StepResult:
 
 def environment(s: Settings) -> StepResult:
     """Versions, the device, and onnxruntime's providers."""
-    import onnxruntime as ort
     import torch
 
     from attngraph.sysinfo import describe_machine
 
     m = describe_machine()
     rows = [("python", m["python"]), ("CPU", f"{m['cpu']}, {m['cores']} cores"),
-            ("torch", f"{torch.__version__} (CUDA build {torch.version.cuda})"),
-            ("onnxruntime", f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}")]
+            ("torch", f"{torch.__version__} (CUDA build {torch.version.cuda})"), ("onnxruntime", _onnxruntime())]
     rows += [(k, v) for k, v in m["packages"].items() if v and k not in ("torch", "onnxruntime")]
     if s.device.startswith("cuda"):
         if not torch.cuda.is_available():
@@ -67,6 +65,14 @@ def environment(s: Settings) -> StepResult:
                                   f"{props.major}.{props.minor}"))
     summary = rows[0][1] if s.device.startswith("cuda") else "CPU (dry run)"
     return StepResult("ok", summary, _kv_table(rows))
+
+
+def _onnxruntime() -> str:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:  # the onnx conformance step then says so too
+        return f"not importable: {e}"
+    return f"{ort.__version__}, providers {', '.join(ort.get_available_providers())}"
 
 
 def _kv_table(rows) -> str:
