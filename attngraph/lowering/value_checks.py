@@ -93,9 +93,6 @@ class ValueChecks:
         plans.sort(key=lambda plan: bool(plan[1]))
         self._plans = tuple(plans)
 
-    def __bool__(self) -> bool:
-        return bool(self._plans)
-
     def __call__(self, given: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
         env: dict[str, np.ndarray] = {}
         for bound, cone, sources in self._plans:
