@@ -226,3 +226,40 @@ def test_static_cache_reaches_the_backend_without_a_copy(backend, monkeypatch):
             pointer = given.data_ptr() if isinstance(given, torch.Tensor) else given.ctypes.data
             assert tuple(given.shape) == (2, hc.KV, 32, 16) and pointer == buffer.data_ptr(), name
         assert list(feed["key_lengths"]) == [gc.PROMPT + 1] * 2
+
+
+# ---- attngraph generate ------------------------------------------------------------------------------------
+
+def test_cli_generate_on_a_saved_checkpoint(tmp_path, capsys):
+    """A save_pretrained folder, loaded offline: a row per implementation with tokens/s and the ratio to sdpa,
+    and attngraph's greedy tokens checked against eager's."""
+    from attngraph.cli.main import main
+
+    gc.pair("llama")[0].save_pretrained(tmp_path / "ckpt")
+    argv = ["generate", str(tmp_path / "ckpt"), "--backend", "numpy", "--prompt-len", "6", "--new-tokens", "4",
+            "--batch", "2", "--cache", "static"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line.split()}
+    assert {"attngraph-numpy", "sdpa", "eager"} <= set(rows)
+    assert rows["sdpa"][-2:] == ["1.00x", "1.00x"] and rows["attngraph-numpy"][-1].endswith("x")
+    assert "greedy tokens: attngraph-numpy matches eager (8 of 8)" in out
+    assert "attngraph-numpy: token 4/4" in err  # progress on stderr
+
+
+@pytest.mark.parametrize("argv", [["{tmp}/missing"], ["{tmp}", "--backend", "tensorrt"], ["{tmp}", "--new-tokens", "1"]])
+def test_cli_generate_usage_errors_exit_2_with_one_line(argv, tmp_path, capsys):
+    from attngraph.cli.main import main
+
+    assert main(["generate", *[a.format(tmp=tmp_path) for a in argv]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("attngraph generate: error:"), err
+
+
+def test_cli_generate_help_shows_defaults_and_choices(capsys):
+    from attngraph.cli.main import main
+
+    assert main(["generate", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "{auto,numpy,numba,torch,onnx}" in text and "(default: 128)" in text and "(default: 64)" in text
+    assert "CHECKPOINT_DIR" in text and "never downloads" in text

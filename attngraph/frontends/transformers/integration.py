@@ -73,11 +73,16 @@ class AttentionUse:
             cols = describe(plan.spec)
             rows.append([str(i), _span(paths), plan.spec.family, cols["kind"], cols["heads"], cols["head dim"],
                          cols["window"], cols["extras"], self.runs_on.get(plan.config, self.backend)])
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
         head = (f"{type(self.model).__name__}: {len(self.layers)} attention layers, {len(rows) - 1} kind(s), "
                 f"attn_implementation={self.implementation!r}")
-        return "\n".join([head, lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+        return head + "\n" + text_table(rows[0], rows[1:])
+
+
+def text_table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with two spaces, a rule under the headers."""
+    widths = [max(len(r[c]) for r in [headers, *rows]) for c in range(len(headers))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in [headers, *rows]]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
 
 
 def use(model: Any, backend: str = "auto") -> AttentionUse:
