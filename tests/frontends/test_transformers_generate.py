@@ -205,6 +205,10 @@ class _Spy:
         self.seen.append(feed)
         return self.ex(feed)
 
+    def run(self, feed, dims):
+        self.seen.append(feed)
+        return self.ex.run(feed, dims)
+
 
 def test_static_cache_reaches_the_backend_without_a_copy(backend, monkeypatch):
     """Each decode step hands the backend transformers' own static buffers (batch, kv heads, max_len, head dim),
