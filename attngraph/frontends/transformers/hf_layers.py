@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import inspect
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -51,6 +51,8 @@ def layer_plan(module: Any, config: Any = None, path: str | None = None) -> Laye
     plan = _PLANS.get(module)
     if plan is None:
         plan = _PLANS[module] = _read(module, config, path)
+    elif path and plan.path != path:  # first read at a call, without the model around it: name it by its path now
+        plan = _PLANS[module] = replace(plan, path=path)
     return plan
 
 

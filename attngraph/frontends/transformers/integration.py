@@ -31,6 +31,11 @@ IMPLEMENTATIONS: dict[str, str] = {"attngraph": "auto", **{f"attngraph-{b}": b f
 def register() -> tuple[str, ...]:
     """Register attngraph's attention and mask functions with transformers under every name of
     ``IMPLEMENTATIONS`` (idempotent); returns the names."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise UnsupportedConfig(f"the attngraph attention implementation needs transformers >= 5 (its cache layers "
+                                f"and mask interface), found {transformers.__version__}: pip install 'transformers>=5'")
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
