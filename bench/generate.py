@@ -130,7 +130,8 @@ def report(results: dict[str, Result], shape: dict, args) -> list[str]:
                           f"{da / steps * 1e3:.2f} of {d / steps * 1e3:.2f}", f"{100 * da / d:.1f}%"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return [
-        f"# Greedy generation, whole model: attngraph attention vs transformers (CPU, fp32, batch 1, {args.cache} cache)",
+        "# Greedy generation, whole model: attngraph attention vs transformers "
+        f"(CPU, fp32, batch 1, {args.cache} cache)",
         "",
         f"Llama-shaped, random weights: hidden {shape['hidden_size']}, {shape['num_hidden_layers']} layers, "
         f"{shape['num_attention_heads']}/{shape['num_key_value_heads']} heads, MLP {shape['intermediate_size']}, "
@@ -138,7 +139,8 @@ def report(results: dict[str, Result], shape: dict, args) -> list[str]:
         f"Medians of {args.rounds} round-robin rounds in one process; {os.cpu_count()} cores, load average "
         f"{load:.1f} at the end (a shared machine: compare within a row).",
         "",
-        table(["contender", "prefill tok/s", "decode tok/s", "prefill x sdpa", "decode x sdpa", "tokens = eager"], rows),
+        table(["contender", "prefill tok/s", "decode tok/s", "prefill x sdpa", "decode x sdpa", "tokens = eager"],
+              rows),
         "",
         "## Where the time goes: the attention function against the whole step (one timed generation each)",
         "",

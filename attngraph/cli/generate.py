@@ -23,7 +23,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     from attngraph.cli.graph_args import nonnegative_int, positive_int
 
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR",
-                   help="a local causal-LM folder (config.json and weights, as save_pretrained writes); never downloads")
+                   help="a local causal-LM folder (config.json and weights, as save_pretrained writes); "
+                        "never downloads")
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="the attngraph backend every attention layer runs on (auto: compile(graph, 'auto') per layer)")
     p.add_argument("--prompt-len", type=positive_int, default=128, help="prompt tokens per row (random, seeded)")

@@ -251,7 +251,8 @@ def test_cli_generate_on_a_saved_checkpoint(tmp_path, capsys):
     assert "attngraph-numpy: token 4/4" in err  # progress on stderr
 
 
-@pytest.mark.parametrize("argv", [["{tmp}/missing"], ["{tmp}", "--backend", "tensorrt"], ["{tmp}", "--new-tokens", "1"]])
+@pytest.mark.parametrize("argv", [["{tmp}/missing"], ["{tmp}", "--backend", "tensorrt"],
+                                  ["{tmp}", "--new-tokens", "1"]])
 def test_cli_generate_usage_errors_exit_2_with_one_line(argv, tmp_path, capsys):
     from attngraph.cli.main import main
 

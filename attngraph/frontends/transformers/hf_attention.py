@@ -8,7 +8,10 @@ weights or None)`` as ``sdpa_attention_forward`` does.
 
 No copy of the cache: on CPU a tensor's ``.numpy()`` is a view of its memory, so a static cache's buffer reaches
 the numpy, numba and onnx backends as the very array transformers writes, and the torch backend takes the tensor
-itself; ``key_lengths`` tells the graph which keys hold tokens, and keys past them are never read.
+itself; ``key_lengths`` tells the graph which keys hold tokens, and keys past them are never read. (onnxruntime's
+``run`` reads a C-contiguous NumPy input in place: measured, 0.01 ms for a 512 MiB input; a strided one is copied
+once. Its CPU ``Attention`` kernel then still walks the whole buffer, so on that backend a step grows with
+``max_len``.)
 """
 
 from __future__ import annotations
