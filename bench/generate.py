@@ -129,6 +129,13 @@ def report(results: dict[str, Result], shape: dict, args) -> list[str]:
             split.append([r.name, f"{pa * 1e3:.1f} of {p * 1e3:.1f}", f"{100 * pa / p:.1f}%",
                           f"{da / steps * 1e3:.2f} of {d / steps * 1e3:.2f}", f"{100 * da / d:.1f}%"])
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    ceiling = []
+    if sdpa is not None and sdpa.attention:
+        pa, p, da, d = sdpa.attention
+        ceiling = ["", f"sdpa's attention is {100 * pa / p:.1f}% of its prefill and {100 * da / d:.1f}% of its decode "
+                   f"step: an attention implementation that took no time at all would make the whole model at most "
+                   f"{p / (p - pa):.2f}x faster at prefill and {d / (d - da):.2f}x at decode; the rest is the model's "
+                   "own projections, MLP and LM head, which every contender runs the same."]
     return [
         "# Greedy generation, whole model: attngraph attention vs transformers "
         f"(CPU, fp32, batch 1, {args.cache} cache)",
@@ -146,6 +153,7 @@ def report(results: dict[str, Result], shape: dict, args) -> list[str]:
         "",
         table(["contender", "prefill: attention ms of total", "share", "decode: attention ms of total per token",
                "share"], split),
+        *ceiling,
         "",
     ]
 

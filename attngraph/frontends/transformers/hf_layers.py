@@ -14,8 +14,6 @@ import weakref
 from dataclasses import dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from attngraph.errors import UnsupportedConfig
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.transformers.importer import layer_spec
@@ -40,9 +38,6 @@ class LayerPlan:
     def masked_by_position(self) -> bool:
         """Causal or windowed: the queries' place among the keys matters."""
         return self.config.causal or self.config.window is not None
-
-    def sinks_array(self) -> np.ndarray:
-        return self.sinks.detach().cpu().numpy()
 
 
 def layer_plan(module: Any, config: Any = None, path: str | None = None) -> LayerPlan:

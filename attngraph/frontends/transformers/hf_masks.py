@@ -25,7 +25,6 @@ import numpy as np
 from attngraph.errors import InputError, UnsupportedConfig
 
 ATTRIBUTE = "_attngraph_mask"
-PATTERNS = ("causal", "sliding", "bidirectional")
 
 
 @dataclass(frozen=True)
