@@ -69,25 +69,27 @@ def run(args: argparse.Namespace) -> int:
     return 1 if skipped else 0
 
 
-def _load(checkpoint: Path, implementation: str):
-    """The model in ``checkpoint``, loaded offline (a missing or unreadable folder is a usage error)."""
+def _load(checkpoint: Path, implementation: str, *, command: str = "hf-export", auto_class: str = "AutoModel",
+          **options):
+    """The model in ``checkpoint``, loaded offline with transformers' ``auto_class`` (a missing or unreadable folder
+    is a usage error); ``options`` go to ``from_pretrained``."""
     from attngraph.errors import ConfigError
 
     if not (checkpoint / "config.json").is_file():
         raise ConfigError(f"CHECKPOINT_DIR {str(checkpoint)!r} is not a local model folder (no config.json); "
-                          "hf-export reads checkpoints saved with save_pretrained and never downloads")
+                          f"{command} reads checkpoints saved with save_pretrained and never downloads")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces beside local_files_only
     try:
-        from transformers import AutoModel
+        import transformers
         from transformers.utils import logging
     except ImportError:
-        raise ConfigError("hf-export needs transformers: pip install 'transformers>=4.50'") from None
-    logging.disable_progress_bar()  # the listing and the written files are the output
-    options = {"local_files_only": True}
+        raise ConfigError(f"{command} needs transformers: pip install 'transformers>=4.50'") from None
+    logging.disable_progress_bar()  # the command's own lines are the output
+    options["local_files_only"] = True
     if implementation != "auto":
         options["attn_implementation"] = implementation
     try:
-        return AutoModel.from_pretrained(str(checkpoint), **options).eval()
+        return getattr(transformers, auto_class).from_pretrained(str(checkpoint), **options).eval()
     except (OSError, ValueError, KeyError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(f"cannot load {str(checkpoint)!r} with transformers: {first}") from None

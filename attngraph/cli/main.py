@@ -8,6 +8,7 @@ listed once in ``COMMANDS``.
     attngraph conformance [--backends ...] [--cases PATTERN] [--dtype ...] [--json F] [--markdown F] [--html F]
     attngraph check                        the first command: backend choice, quick conformance, ONNX export
     attngraph tune [graph flags] --batch 8 --q-len 1024 [--refresh | --clear]
+    attngraph generate CHECKPOINT_DIR --backend numba --prompt-len 128 --new-tokens 64
 
 Usage errors (bad flags, an unknown backend, a missing file) exit with status 2 and one line on
 stderr; a failed check or conformance run exits with 1.
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from attngraph.cli import check, conformance, export, hf, info, run, show, tune
+from attngraph.cli import check, conformance, export, generate, hf, info, run, show, tune
 from attngraph.cli import inspect as inspect_cmd
 from attngraph.cli import optimize as optimize_cmd
 from attngraph.errors import AttnGraphError
@@ -47,6 +48,8 @@ COMMANDS: dict[str, Command] = {
                     tune.configure, tune.run),
     "hf-export": Command("list the attention layers of a local Hugging Face checkpoint and export them to ONNX",
                          hf.configure, hf.run),
+    "generate": Command("greedy generation of a local checkpoint with attngraph's attention beside sdpa and eager: "
+                        "tokens/s and the tokens checked", generate.configure, generate.run),
     "inspect": Command("list the attention subgraphs discovery finds in an ONNX model", inspect_cmd.configure,
                        inspect_cmd.run),
     "optimize": Command("rewrite every attention subgraph of an ONNX model in one export style, checked under "

@@ -38,6 +38,10 @@ SEMANTICS: tuple[Rule, ...] = (
     Rule("sliding window", "with `p = i + offset`, keys `p - left ... p + right` are kept; `-1` = unbounded side",
          ("sliding_window", "causal_window")),
     Rule("key lengths", "key `j` of batch row `b` is kept iff `j < key_lengths[b]`", ("key_padding_lengths",)),
+    Rule("queries aligned to key lengths", "with `align_to_lengths` (and in a static cache), query `i` of batch "
+         "row `b` sits at key position `key_lengths[b] - q_len + i` for the causal mask, the window and the "
+         "position biases (bottom-right per row: a right-padded decode, or the keys a transformers cache hands an "
+         "attention function)", ("align_to_lengths",)),
     Rule("a query row with every key masked", "its output row is exactly **0**, and its attention weights are 0 "
          "(not NaN, not the mean of V)", ("fully_masked_row_bool", "fully_masked_row_neg_inf_bias")),
     Rule("scale", "`1/sqrt(head_dim)` of Q/K by default; `scale=` overrides", ("scale_override", "value_head_dim")),

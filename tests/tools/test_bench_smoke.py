@@ -36,3 +36,19 @@ def test_quick_bench_produces_every_figure(tmp_path):
     for name in ("bench.json", "bench.md", "time_vs_seq.png", "memory_vs_seq.png"):
         assert (out / name).stat().st_size > 0
     assert "vs best peer" in proc.stdout and "measured" in proc.stdout.splitlines()[-1]
+
+
+def test_generate_bench_quick_runs_every_contender(tmp_path):
+    """``python -m bench.generate --quick``: a row per contender (each backend, sdpa, eager), greedy tokens equal to
+    eager's, and the attention share of prefill and decode for each."""
+    out = tmp_path / "generate.md"
+    cmd = [sys.executable, "-m", "bench.generate", "--quick", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    names = ["attngraph-numba", "attngraph-torch", "attngraph-onnx", "attngraph-numpy", "sdpa", "eager"]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in names]
+    assert len(rows) == 2 * len(names), text  # the speed table and the attention split
+    assert all(r.rstrip(" |").endswith("yes") for r in rows[:len(names) - 1]), text  # tokens = eager
+    assert "Where the time goes" in text and "%" in rows[-1]
