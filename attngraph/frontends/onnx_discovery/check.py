@@ -27,17 +27,32 @@ _MAX_CHECK_INPUT_BYTES = 1 << 30
 
 def checker_only(path: str) -> dict:
     """Without the onnxruntime comparison: onnx's checker on the written file, no more."""
-    import onnx
-
     try:
-        onnx.checker.check_model(path, full_check=True)
+        onnx_check(path, full=True)
     except Exception as e:  # noqa: BLE001 - onnx raises its own and pybind's errors
         try:
-            onnx.checker.check_model(path)
+            onnx_check(path, full=False)
         except Exception as e2:  # noqa: BLE001
             raise CheckFailed(f"ONNX's checker refuses the rewritten model: {one_line(e2)}") from None
         _ = e
     return {}
+
+
+def onnx_check(source, full: bool) -> None:
+    """onnx's checker on a model file or ModelProto; raises onnx's error. A model with onnxruntime's own
+    default-domain ops (``model_checks.for_onnx_checker``) is checked with those nodes moved aside, on its
+    skeleton (no data) when it came as a file."""
+    import onnx
+
+    from attngraph.frontends.onnx_discovery.model_checks import for_onnx_checker
+
+    in_memory = isinstance(source, onnx.ModelProto)
+    model = source if in_memory else onnx.load(source, load_external_data=False)
+    checkable = for_onnx_checker(model)
+    if checkable is model:
+        onnx.checker.check_model(source, full_check=full)
+    else:
+        onnx.checker.check_model(checkable if in_memory else model_skeleton(checkable), full_check=full)
 
 
 class Checker:
@@ -50,7 +65,7 @@ class Checker:
         self.note = ""
         self.full = True
         try:
-            onnx.checker.check_model(_skeleton_for_check(model), full_check=True)
+            onnx_check(_skeleton_for_check(model), full=True)
         except Exception as e:  # noqa: BLE001
             self.full = False
             self.note = f"the original model fails onnx's full check ({one_line(e)}); the result gets the basic check"
@@ -71,7 +86,7 @@ class Checker:
         import onnx
 
         try:
-            onnx.checker.check_model(path, full_check=self.full)
+            onnx_check(path, full=self.full)
         except Exception as e:  # noqa: BLE001 - onnx raises its own and pybind's errors
             raise CheckFailed(f"ONNX's checker refuses the rewritten model: {one_line(e)}") from None
         try:
