@@ -147,3 +147,27 @@ def with_mask_operand(edit: GraphEdit, kind: str, value: Value) -> None:
     attrs["operands"] = order
     inputs = (node.inputs[0],) + tuple(operands[k] for k in order)
     edit.replace_node(node, Node(Op.MASK, inputs, node.outputs, tuple(sorted(attrs.items()))))
+
+
+def same_length_keys(graph: Graph) -> Graph:
+    """Self-attention from one input: the keys are as many as the queries, so the dim ``kv_len`` is ``q_len``
+    in every type and dim attribute (the core graph ``build_attention`` makes names the two apart)."""
+    from attngraph.ir.specs import DIM_ATTRS
+
+    def sub(d):
+        if not isinstance(d, str):
+            return d
+        return dims.canonical("+".join("q_len" if p.strip() == "kv_len" else p.strip() for p in d.split("+")))
+
+    def retyped(v: Value) -> Value:
+        return Value(v.name, TensorType(v.type.dtype, tuple(sub(d) for d in v.type.shape)))
+
+    def attr(k, a):
+        if k not in DIM_ATTRS:
+            return a
+        return tuple(sub(x) for x in a) if isinstance(a, tuple) else sub(a)
+
+    nodes = tuple(Node(n.op, tuple(map(retyped, n.inputs)), tuple(map(retyped, n.outputs)),
+                       tuple((k, attr(k, a)) for k, a in n.attrs)) for n in graph.nodes)
+    return verify_graph(graph.replace(inputs=tuple(map(retyped, graph.inputs)), nodes=nodes,
+                                      outputs=tuple(map(retyped, graph.outputs))))
