@@ -59,9 +59,7 @@ class Checker:
     """Runs the original model once under onnxruntime on seeded inputs; ``verify(path)`` checks a rewritten
     model file against those outputs (onnx's checker first)."""
 
-    def __init__(self, model, src, seed: int, sizes, say):
-        import onnx
-
+    def __init__(self, model, src, seed: int, sizes, say, subgraphs=()):
         self.note = ""
         self.full = True
         try:
@@ -70,7 +68,8 @@ class Checker:
             self.full = False
             self.note = f"the original model fails onnx's full check ({one_line(e)}); the result gets the basic check"
         try:
-            self.feeds = random_inputs(model, seed=seed, sizes=sizes)
+            self.feeds = random_inputs(model, seed=seed, sizes={**dims_from_subgraphs(model, subgraphs),
+                                                                **(sizes or {})})
         except AttnGraphError as e:
             raise CheckFailed(f"no inputs could be drawn for the check: {e}; pass sizes (--size DIM=N) or skip the "
                               "check (--no-check)") from None
@@ -165,10 +164,12 @@ def random_inputs(model, *, seed: int = 0, sizes: Mapping[str, int] | None = Non
     by name (``DEFAULT_SIZES``: batch 2, past 3, others 6; unnamed 6). Integer inputs: token ids within the
     table they index (a ``Gather`` of an initializer), padding masks (``*mask*``: 1, the last few positions of
     later rows 0, never a whole row), positions (``*position*``: 0, 1, ...), lengths (the full length),
-    zeros otherwise. Bool masks hold both values in every row (whichever value means "attend")."""
+    zeros otherwise. Bool masks hold both values in every row (whichever value means "attend"). A dim named
+    ``*total*`` is past + seq; ``check_sizes`` adds the defaults a model needs."""
     import onnx
 
     rng = np.random.default_rng(seed)
+    sizes = check_sizes(model, sizes)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     bounds = {n.input[1]: _gather_bound(n, inits) for n in g.node if n.op_type == "Gather" and len(n.input) > 1}
@@ -204,8 +205,40 @@ def _size(d, sizes) -> int:
     if d.dim_param in sizes:
         return int(sizes[d.dim_param])
     low = d.dim_param.lower()
-    key = next((k for k in DEFAULT_SIZES if k in low), "seq")
+    if "total" in low:  # a total sequence length (onnxruntime-genai's masks): the past and the new tokens
+        return _named("past", sizes) + _named("seq", sizes)
+    return _named(next((k for k in DEFAULT_SIZES if k in low), "seq"), sizes)
+
+
+def _named(key: str, sizes: dict) -> int:
     return int(sizes.get(key, DEFAULT_SIZES[key]))
+
+
+def dims_from_subgraphs(model, subgraphs) -> dict[str, int]:
+    """Symbolic dims of the model's inputs that a lifted subgraph fixes (onnxruntime-genai declares a cache's
+    head size as 'kv_cache_dim'; the lifted GroupQueryAttention reads it as 16): ``{dim name: size}``."""
+    declared = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.type.HasField("tensor_type")}
+    out: dict[str, int] = {}
+    for sub in subgraphs:
+        types = {v.name: v.type for v in sub.graph.inputs}
+        for ir, name in sub.inputs.items():
+            dims = declared.get(name)
+            if dims is None or ir not in types or len(dims) != types[ir].rank:
+                continue
+            for d, want in zip(dims, types[ir].shape):
+                if d.dim_param and isinstance(want, int):
+                    out[d.dim_param] = want
+    return out
+
+
+def check_sizes(model, sizes: Mapping[str, int] | None) -> dict[str, int]:
+    """``sizes`` with the defaults a model needs: a model with com.microsoft.GroupQueryAttention is checked on a
+    prompt (past 0), since onnxruntime takes several new tokens with a past only at batch 1."""
+    out = dict(sizes or {})
+    if "past" not in out and any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"
+                                 for n in model.graph.node):
+        out["past"] = 0
+    return out
 
 
 def _gather_bound(node, inits) -> int | None:
