@@ -8,6 +8,9 @@ listed once in ``COMMANDS``.
     attngraph conformance [--backends ...] [--cases PATTERN] [--dtype ...] [--json F] [--markdown F] [--html F]
     attngraph check                        the first command: backend choice, quick conformance, ONNX export
     attngraph tune [graph flags] --batch 8 --q-len 1024 [--refresh | --clear]
+    attngraph inspect MODEL.onnx           the attention subgraphs discovery finds, and what each computes
+    attngraph optimize IN.onnx OUT.onnx    each attention rewritten in one export style, checked
+    attngraph check-model MODEL.onnx       each attention layer on every backend on the model's own values
 
 Usage errors (bad flags, an unknown backend, a missing file) exit with status 2 and one line on
 stderr; a failed check or conformance run exits with 1.
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attngraph.cli import check, conformance, export, hf, info, run, show, tune
+from attngraph.cli import check_model as check_model_cmd
 from attngraph.cli import inspect as inspect_cmd
 from attngraph.cli import optimize as optimize_cmd
 from attngraph.errors import AttnGraphError
@@ -51,6 +55,8 @@ COMMANDS: dict[str, Command] = {
                        inspect_cmd.run),
     "optimize": Command("rewrite every attention subgraph of an ONNX model in one export style, checked under "
                         "onnxruntime", optimize_cmd.configure, optimize_cmd.run),
+    "check-model": Command("run every attention layer of an ONNX model on every backend on the model's own values "
+                           "against the float64 reference", check_model_cmd.configure, check_model_cmd.run),
 }
 
 

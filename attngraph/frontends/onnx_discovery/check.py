@@ -75,8 +75,10 @@ class Checker:
                               "check (--no-check)") from None
         say(f"running the original model under onnxruntime "
             f"({', '.join(f'{k}{list(v.shape)}' for k, v in self.feeds.items())}) ...")
+        self.unspecified = unspecified_outputs(model, subgraphs)
         try:
             self.reference = _run(_model_source(model, src), self.feeds)
+            self.counts = _counts(model, self.unspecified, self.feeds)
         except LoweringError as e:
             raise CheckFailed(f"onnxruntime cannot run the original model, so nothing can be checked against it: "
                               f"{e}; skip the check (--no-check) to write the result unchecked") from None
@@ -92,7 +94,8 @@ class Checker:
             got = _run(path, self.feeds)
         except LoweringError as e:
             raise CheckFailed(f"onnxruntime cannot run the rewritten model: {e}") from None
-        return compare_outputs(self.reference, got)
+        return compare_outputs(self.reference, got, {name: (self.counts[c], k)
+                                                     for name, (c, k) in self.unspecified.items()})
 
     def verify_model(self, model) -> dict[str, tuple[float, float]]:
         with tempfile.TemporaryDirectory(prefix="attngraph-optimize-") as tmp:
@@ -116,6 +119,15 @@ def _model_source(model, src):
     raise LoweringError("the model is larger than 2 GiB and was not given as a path; pass its path")
 
 
+def run_with_outputs(model, feeds: dict) -> dict:
+    """onnxruntime (CPU) running an in-memory ``model`` on ``feeds``: every graph output by name; a model
+    onnxruntime cannot run is a ``LoweringError`` with its message."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        raise LoweringError("the model is larger than protobuf's 2 GiB limit in memory; check it from a smaller "
+                            "export")
+    return _run(model.SerializeToString(), feeds)
+
+
 def _run(source, feeds: dict) -> dict:
     import onnxruntime as ort
 
@@ -130,8 +142,46 @@ def _run(source, feeds: dict) -> dict:
         raise LoweringError(one_line(e)) from None
 
 
-def compare_outputs(reference: dict, got: dict) -> dict[str, tuple[float, float]]:
-    """``{output: (max |error|, error / budget)}``; raises ``CheckFailed`` naming the first output off its budget."""
+def unspecified_outputs(model, subgraphs) -> dict[str, tuple[str, int]]:
+    """``{graph output: (model value of per-row counts, k)}``: model outputs a lifted operator leaves unspecified
+    at positions ``j >= counts[b] + k`` of axis 2 (``Subgraph.unspecified``)."""
+    outputs = {o.name for o in model.graph.output}
+    found = {}
+    for sub in subgraphs:
+        for ir, (counts, k) in sub.unspecified.items():
+            name = sub.outputs.get(ir)
+            if name in outputs:
+                found[name] = (sub.inputs[counts], k)
+    return found
+
+
+def _counts(model, unspecified: dict, feeds: dict) -> dict[str, np.ndarray]:
+    """The count values ``unspecified`` names, from the model's inputs or onnxruntime running a copy of it."""
+    import onnx
+    from onnx import helper
+
+    names = {c for c, _ in unspecified.values()}
+    out = {n: feeds[n] for n in names if n in feeds}
+    missing = sorted(names - set(out))
+    if missing:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.INT32, None) for n in missing)
+        got = run_with_outputs(copy, feeds)
+        out.update({n: got[n] for n in missing})
+    return out
+
+
+def mask_tail(a: np.ndarray, counts, k: int) -> np.ndarray:
+    """``a`` with positions ``j >= counts[b] + k`` of axis 2 set to 0 (what an operator leaves unspecified)."""
+    limit = np.asarray(counts).astype(np.int64).reshape(-1) + k
+    keep = np.arange(a.shape[2])[None, :] < limit[:, None]
+    return np.where(keep.reshape(keep.shape[0], 1, keep.shape[1], *([1] * (a.ndim - 3))), a, 0).astype(a.dtype)
+
+
+def compare_outputs(reference: dict, got: dict, unspecified: Mapping | None = None) -> dict[str, tuple[float, float]]:
+    """``{output: (max |error|, error / budget)}``; raises ``CheckFailed`` naming the first output off its budget.
+    ``unspecified``: ``{output: (counts, k)}``, positions not compared (``mask_tail``)."""
     from attngraph.conformance.budgets import BUDGETS, compare
 
     errors, bad = {}, []
@@ -140,6 +190,8 @@ def compare_outputs(reference: dict, got: dict) -> dict[str, tuple[float, float]
             raise CheckFailed(f"the rewritten model has no output {name!r}")
         have = np.asarray(got[name])
         ref = np.asarray(ref)
+        if name in (unspecified or {}) and have.shape == ref.shape and ref.ndim >= 3:
+            have, ref = (mask_tail(x, *unspecified[name]) for x in (have, ref))
         if ref.dtype.kind in "fc" and str(ref.dtype) in BUDGETS:
             verdict = compare(have, ref, BUDGETS[str(ref.dtype)], what=name)
             finite = np.isfinite(ref) & np.isfinite(have) if have.shape == ref.shape else None

@@ -32,13 +32,19 @@ def mask_form(c: ContribNode, role: str, total) -> str:
         return "lengths"
     if len(d) == 1 and batch is not None and same_dim(d[0], batch * 2):
         return "ends_starts"
-    if len(d) == 2 and same_dim(d[0], batch) and same_dim(d[1], total):
+    if len(d) == 2 and same_dim(d[0], batch) and _may_be(d[1], total):
         return "keys"
-    if len(d) == 3 and same_dim(d[0], batch) and same_dim(d[1], seq) and same_dim(d[2], total):
+    if len(d) == 3 and same_dim(d[0], batch) and _may_be(d[1], seq) and _may_be(d[2], total):
         return "queries_keys"
     c.refuse(f"{role!r} of shape {tuple(d)} is none of the forms attngraph reads: (batch,) lengths, (2 * batch,) end "
              f"and start positions, (batch, total={total}) or (batch, q_len, total) 0/1 masks (the (3 * batch + 2,) "
              "and 4-D forms are not lifted)")
+
+
+def _may_be(dim, want) -> bool:
+    """``dim`` is ``want``, provably, or a symbol the model leaves unrelated to it (onnxruntime requires the mask to
+    be that long, and so do the lifted graph's input checks: a mask of another length is an error in both)."""
+    return same_dim(dim, want) or (dim is not None and not dim.is_const and want is not None)
 
 
 def padding_bias(em, mask, form: str, keys, fill: float, dtype: DType):
