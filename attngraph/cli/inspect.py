@@ -60,11 +60,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(sub, width: int) -> tuple[str, ...]:
-    from attngraph.conformance.model_check import layer_op
+    from attngraph.frontends.onnx_discovery.found import source_op
 
     s = sub.summary
     cache = s.get("cache")
-    return (str(sub.index), _span(sub.nodes, width), str(len(sub.nodes)), layer_op(sub), _text(s.get("kind")),
+    return (str(sub.index), _span(sub.nodes, width), str(len(sub.nodes)), source_op(sub), _text(s.get("kind")),
             _text(s.get("heads")), _text(s.get("kv_heads")), _text(s.get("head_dim")), _text(s.get("causal")),
             _text(s.get("mask")), _text(s.get("rotary")), cache if isinstance(cache, str) else "yes" if cache else "no")
 

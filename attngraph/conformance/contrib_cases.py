@@ -71,7 +71,7 @@ def node_model(case: NodeCase):
     return model, {r: a for r, a in inputs.items() if r not in constants}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lifted(name: str):
     """``(Subgraph, model, feeds)`` of the named case: its node lifted by discovery (exactly one subgraph)."""
     from attngraph.errors import AttnGraphError
@@ -192,16 +192,21 @@ def _mha(name: str, pins: str, *, batch=2, seq=3, keys=5, heads=2, d=8, dv=None,
             ins["attention_bias"] = _f(rng, *bias_4d(batch, heads, seq, total))
         if past:
             ins.update(past_key=_f(rng, batch, heads, past, d, scale=1.5), past_value=_f(rng, batch, heads, past, dv))
-        a = {"num_heads": heads, "unidirectional": uni}
-        if fill is not None:
-            a["mask_filter_value"] = fill
-        if scale is not None:
-            a["scale"] = scale
         out = {"output": None}
         if past:
             out.update(present_key=None, present_value=None)
-        return ins, set(), a, out
+        return ins, set(), _core_attrs(heads, uni, fill, scale), out
     return NodeCase(name, pins, "MultiHeadAttention", make)
+
+
+def _core_attrs(heads: int, uni: int, fill, scale) -> dict:
+    """MultiHeadAttention's and Attention's shared attributes (``mask_filter_value``/``scale`` only when set)."""
+    a = {"num_heads": heads, "unidirectional": uni}
+    if fill is not None:
+        a["mask_filter_value"] = fill
+    if scale is not None:
+        a["scale"] = scale
+    return a
 
 
 def _attention(name: str, pins: str, *, batch=2, seq=4, hidden=16, heads=2, sizes=None, mask=None, past=0, uni=0,
@@ -222,13 +227,9 @@ def _attention(name: str, pins: str, *, batch=2, seq=4, hidden=16, heads=2, size
             ins["past"] = _f(rng, 2, batch, heads, past, widths[0] // heads)
         if bias_4d is not None:
             ins["attention_bias"] = _f(rng, *bias_4d(batch, heads, seq, total))
-        a = {"num_heads": heads, "unidirectional": uni}
+        a = _core_attrs(heads, uni, fill, scale)
         if sizes:
             a["qkv_hidden_sizes"] = list(sizes)
-        if fill is not None:
-            a["mask_filter_value"] = fill
-        if scale is not None:
-            a["scale"] = scale
         out = {"output": None}
         if past:
             out["present"] = None
@@ -243,7 +244,8 @@ def _rotary(name: str, pins: str, *, rank=4, batch=2, seq=3, heads=2, d=16, half
         x = _f(rng, batch, heads, seq, d) if rank == 4 else _f(rng, batch, seq, heads * d)
         pos = np.array([[0, 1, 2], [5, 2, 7]], np.int64)[:batch, :seq] if positions == "ids" else np.array([4],
                                                                                                           np.int64)
-        ins = {"input": x, "position_ids": pos, "cos_cache": np.cos(_angles(16, w)), "sin_cache": np.sin(_angles(16, w))}
+        cos, sin = np.cos(_angles(16, w)), np.sin(_angles(16, w))
+        ins = {"input": x, "position_ids": pos, "cos_cache": cos, "sin_cache": sin}
         return ins, {"cos_cache", "sin_cache"}, dict(attrs or {}), {"output": None}
     return NodeCase(name, pins, "RotaryEmbedding", make)
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from attngraph.conformance.budgets import budget_for, compare
 from attngraph.errors import LoweringError
+from attngraph.frontends.onnx_discovery.found import source_op
 
 ORT = "onnxruntime"  # the column of onnxruntime's own value at each layer's outputs
 
@@ -129,20 +130,10 @@ def check_model(source, *, backends: Sequence[str] | None = None, sizes: Mapping
                             "(sizes=, --size DIM=N)") from None
     rows, compiled = [], {}
     for n, sub in enumerate(subs, 1):
-        say(f"layer {n}/{len(subs)}: {layer_op(sub)} at {sub.nodes[0]!r} ...")
+        say(f"layer {n}/{len(subs)}: {source_op(sub)} at {sub.nodes[0]!r} ...")
         rows.append(_check_layer(sub, values, targets[:-1], compiled))
     return ModelCheck(where, rows, list(found.unrecognised), targets, {k: tuple(v.shape) for k, v in feeds.items()},
                       time.perf_counter() - start)
-
-
-def layer_op(sub) -> str:
-    """What made the layer: the contrib op, an ONNX Attention node, or the nodes of a decomposed one."""
-    s = sub.summary
-    if s.get("op"):
-        return str(s["op"])
-    if s.get("export"):
-        return "attngraph export"
-    return "Attention" if len(sub.nodes) == 1 else f"{s.get('kind', 'attention')} ({len(sub.nodes)} nodes)"
 
 
 # ---- the model's values ---------------------------------------------------------------------------------
@@ -181,7 +172,7 @@ def _check_layer(sub, values: dict, backends: Sequence[str], compiled: dict) -> 
 
     inputs = {ir: np.asarray(values[m]) for ir, m in sub.inputs.items()}
     dtype = sub.graph.outputs[0].type.dtype.value
-    row = LayerRow(sub.index, tuple(sub.nodes), layer_op(sub), str(sub.summary.get("computes", "")), _shapes(inputs),
+    row = LayerRow(sub.index, tuple(sub.nodes), source_op(sub), str(sub.summary.get("computes", "")), _shapes(inputs),
                    dtype)
     with np.errstate(all="ignore"):
         reference = evaluate(sub.graph, sub.weights, {k: np.array(v, copy=True) for k, v in inputs.items()})

@@ -27,9 +27,9 @@ LAYERS, HIDDEN, VOCAB = 2, 64, 100
 def _config(family: str):
     import transformers as tf
 
-    common = dict(hidden_size=HIDDEN, num_attention_heads=4, num_key_value_heads=2, intermediate_size=128,
-                  num_hidden_layers=LAYERS, vocab_size=VOCAB, max_position_embeddings=128, pad_token_id=0,
-                  bos_token_id=1, eos_token_id=2)
+    common = {"hidden_size": HIDDEN, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+              "num_hidden_layers": LAYERS, "vocab_size": VOCAB, "max_position_embeddings": 128, "pad_token_id": 0,
+              "bos_token_id": 1, "eos_token_id": 2}
     sliding = {"sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]}
     return {
         "llama": lambda: tf.LlamaConfig(**common),
@@ -185,14 +185,15 @@ def gpt2(folder: str, model=None) -> str:
                      node("Gather", [init("wpe", sd["wpe.weight"]), "position_ids"], "pos")], "h_0")
     for i in range(LAYERS):
         p = f"h.{i}"
-        a = node("Attention", [layer_norm(h, f"{p}.ln_1"), init(f"{p}.attn.c_attn.weight", sd[f"{p}.attn.c_attn.weight"]),
-                               init(f"{p}.attn.c_attn.bias", sd[f"{p}.attn.c_attn.bias"]), "attention_mask", f"past_{i}"],
+        qkv = [init(f"{p}.attn.c_attn.{w}", sd[f"{p}.attn.c_attn.{w}"]) for w in ("weight", "bias")]
+        a = node("Attention", [layer_norm(h, f"{p}.ln_1"), *qkv, "attention_mask", f"past_{i}"],
                  [f"attn_{i}", f"present_{i}"], domain="com.microsoft", num_heads=heads, unidirectional=1)
         h = node("Add", [h, linear(a, f"{p}.attn.c_proj")], f"{p}_res1")
         m = node("Gelu", [linear(layer_norm(h, f"{p}.ln_2"), f"{p}.mlp.c_fc")], f"{p}_gelu", approximate="tanh")
         h = node("Add", [h, linear(m, f"{p}.mlp.c_proj")], f"{p}_res2")
     node("Identity", [layer_norm(h, "ln_f")], "last_hidden_state")
-    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"]) for n in ("input_ids", "position_ids")]
+    ints = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "seq"])
+            for n in ("input_ids", "position_ids")]
     ints.append(helper.make_tensor_value_info("attention_mask", TensorProto.INT32, ["batch", "total"]))
     pasts = [helper.make_tensor_value_info(f"past_{i}", TensorProto.FLOAT, [2, "batch", heads, "past", head])
              for i in range(LAYERS)]

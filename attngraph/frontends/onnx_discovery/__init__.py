@@ -89,7 +89,7 @@ def _discover(prep) -> Discovery:
                 found.append(sub)
                 claimed.update(sub.nodes)
                 continue
-        elif node.domain == "com.microsoft" and (node.op_type in _CONTRIB_ATTENTION or node.op_type == "RotaryEmbedding"):
+        elif node.domain == "com.microsoft" and node.op_type in _CONTRIB_ATTENTION | {"RotaryEmbedding"}:
             try:
                 sub = lift_contrib(node, prep, len(found))
             except Refused as e:

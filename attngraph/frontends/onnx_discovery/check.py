@@ -84,8 +84,6 @@ class Checker:
                               f"{e}; skip the check (--no-check) to write the result unchecked") from None
 
     def verify(self, path: str) -> dict[str, tuple[float, float]]:
-        import onnx
-
         try:
             onnx_check(path, full=self.full)
         except Exception as e:  # noqa: BLE001 - onnx raises its own and pybind's errors

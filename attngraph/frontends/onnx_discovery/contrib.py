@@ -14,7 +14,6 @@ constant values, its attributes) and ``lift_contrib`` (the dispatch, and the ``S
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -159,13 +158,20 @@ def _shown(d) -> str:
     return "unknown" if d is None else "(" + ", ".join("?" if x is None else str(x) for x in d) + ")"
 
 
-def default_scale(value: float, head_dim: int) -> float | None:
-    """onnxruntime's ``scale`` attribute: 0 (or absent) means 1/sqrt(head_size); None keeps the IR default."""
-    if value == 0.0:
-        return None
-    if not math.isfinite(value):
-        raise ValueError(f"scale={value}")
-    return float(value)
+def core_summary(c: ContribNode, parts: list[str], *, heads: int, head_dim: int, causal: bool, cache: bool,
+                 mask_role: str, form: str | None, fill: float) -> dict:
+    """The listing of a MultiHeadAttention or Attention core: ``parts`` (what is particular to the op) then the
+    causal flag, the masks, the scale, as ``inspect`` shows them."""
+    parts = parts + ["causal, offset past length" if causal else "not causal"]
+    if form:
+        parts.append(f"{mask_role} ({form}): {fill:g} added to excluded keys")
+    if c.has("attention_bias"):
+        parts.append("attention_bias added")
+    scale = c.float_attr("scale", 0.0)
+    parts.append(f"scale {scale if scale else head_dim ** -0.5:.6g}")
+    return {"heads": heads, "kv_heads": heads, "head_dim": head_dim, "causal": "yes" if causal else "no",
+            "mask": "additive" if form or c.has("attention_bias") else None, "rotary": None, "cache": cache,
+            "computes": "; ".join(parts)}
 
 
 def lift_contrib(node, prep, index: int) -> Subgraph:

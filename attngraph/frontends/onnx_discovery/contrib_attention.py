@@ -22,7 +22,7 @@ import numpy as np
 
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.constructors import build_attention
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, same_dim
+from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, core_summary, same_dim
 from attngraph.frontends.onnx_discovery.contrib_edit import GraphEdit, same_length_keys
 from attngraph.frontends.onnx_discovery.contrib_masks import bias_fits, feed_masks, mask_form, mask_shape
 from attngraph.ir import DType, Op
@@ -77,8 +77,8 @@ def lift_attention(node, prep) -> Lifted:
         edit.set_output("present", lambda em: _stacked(em, edit))
         outputs["present"] = c.output(1)
     summary = _summary(c, heads, d, dv, cache, causal, form, fill)
-    notes = [f"Attention's mask_filter_value {fill:g} is added to excluded keys' scores (an additive mask, not "
-             "-inf): a row with every key excluded is the softmax of its own scores"] if form else []
+    notes = [(f"Attention's mask_filter_value {fill:g} is added to excluded keys' scores (an additive mask, not "
+              "-inf): a row with every key excluded is the softmax of its own scores")] if form else []
     return Lifted(edit.finish(), weights, inputs, outputs, summary, notes)
 
 
@@ -158,13 +158,5 @@ def _summary(c, heads, d, dv, cache, causal, form, fill) -> dict:
     parts = [f"x @ fused QKV weights{' + bias' if c.has('bias') else ''} -> Q, K ({heads} x {d}), V ({heads} x {dv})"]
     if cache:
         parts.append("cache: past (2, B, H, P, D), present = stacked concat(past, new)")
-    parts.append("causal, offset past length" if causal else "not causal")
-    if form:
-        parts.append(f"mask_index ({form}): {fill:g} added to excluded keys")
-    if c.has("attention_bias"):
-        parts.append("attention_bias added")
-    scale = c.float_attr("scale", 0.0)
-    parts.append(f"scale {scale if scale else d ** -0.5:.6g}")
-    return {"heads": heads, "kv_heads": heads, "head_dim": d, "causal": "yes" if causal else "no",
-            "mask": "additive" if form or c.has("attention_bias") else None, "rotary": None, "cache": cache,
-            "computes": "; ".join(parts)}
+    return core_summary(c, parts, heads=heads, head_dim=d, causal=causal, cache=cache, mask_role="mask_index",
+                        form=form, fill=fill)

@@ -241,7 +241,7 @@ def _feed_cache(edit: GraphEdit, c: ContribNode, form: str, kv_heads: int, d: in
     for which, new in (("key", "kh"), ("value", "vh")):
         past = edit.new_input(f"past_{which}_in", c.dtype("query"), ("batch", kv_heads, "past_len", d))
 
-        def grown(em, past=past, new=new):  # past[:P_b], then zeros: the rows onnxruntime does not copy
+        def grown(em, past=past, new=new, which=which):  # past[:P_b], then zeros: the rows onnxruntime does not copy
             slots = em.emit(Op.RESHAPE, em.emit(Op.IOTA, length=BUFFER["growing"]), shape=(1, 1, BUFFER["growing"], 1))
             kept = em.emit(Op.LESS, slots, em.emit(Op.RESHAPE, lengths, shape=("batch", 1, 1, 1)))
             joined = em.emit(Op.CONCAT, past, edit.value(new), axis=2)
@@ -274,8 +274,8 @@ def _summary(c, heads, kv_heads, head_dim, form, causal, window, rotary, sinks, 
 
 
 def _notes(form: str, c: ContribNode) -> list[str]:
-    notes = ["GroupQueryAttention lifted as attngraph's static cache: cache_lengths = max(seqlens_k + 1 - q_len, 0) "
-             "and a key limit seqlens_k + 1; total_sequence_length is not read"]
+    notes = [("GroupQueryAttention lifted as attngraph's static cache: cache_lengths = max(seqlens_k + 1 - q_len, 0) "
+              "and a key limit seqlens_k + 1; total_sequence_length is not read")]
     if form == "shared":
         notes.append("present_key is as long as past_key: a shared buffer, written in place; its rows at or past "
                      "seqlens_k + 1 are unspecified (onnxruntime's own contract)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.constructors import build_attention
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, same_dim
+from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, core_summary, same_dim
 from attngraph.frontends.onnx_discovery.contrib_edit import GraphEdit
 from attngraph.frontends.onnx_discovery.contrib_masks import bias_fits, feed_masks, mask_form, mask_shape
 from attngraph.ir import DType, Op
@@ -69,8 +69,8 @@ def lift_mha(node, prep) -> Lifted:
         elif cache:
             edit.set_output(name, None)
     summary = _summary(c, heads, d, dv, bnsh, cache, causal, form, fill)
-    notes = [f"MultiHeadAttention's mask_filter_value {fill:g} is added to excluded keys' scores (lifted as an "
-             "additive mask, not -inf): a row with every key excluded is the softmax of its own scores"] if form else []
+    notes = [(f"MultiHeadAttention's mask_filter_value {fill:g} is added to excluded keys' scores (lifted as an "
+              "additive mask, not -inf): a row with every key excluded is the softmax of its own scores")] if form else []
     return Lifted(edit.finish(), {}, inputs, outputs, summary, notes)
 
 
@@ -174,13 +174,5 @@ def _summary(c, heads, d, dv, bnsh, cache, causal, form, fill) -> dict:
         parts.append("bias added to Q" + ("" if bnsh else ", K, V"))
     if cache:
         parts.append("cache: present = concat(past, new)")
-    parts.append("causal, offset past length" if causal else "not causal")
-    if form:
-        parts.append(f"key_padding_mask ({form}): {fill:g} added to excluded keys")
-    if c.has("attention_bias"):
-        parts.append("attention_bias added")
-    scale = c.float_attr("scale", 0.0)
-    parts.append(f"scale {scale if scale else d ** -0.5:.6g}")
-    return {"heads": heads, "kv_heads": heads, "head_dim": d, "causal": "yes" if causal else "no",
-            "mask": "additive" if form or c.has("attention_bias") else None, "rotary": None, "cache": cache,
-            "computes": "; ".join(parts)}
+    return core_summary(c, parts, heads=heads, head_dim=d, causal=causal, cache=cache, mask_role="key_padding_mask",
+                        form=form, fill=fill)

@@ -95,5 +95,6 @@ def _positions(c: ContribNode, b: GraphBuilder):
     if d is not None and len(d) == 1 and d[0] == 1:
         offset = b.input("position_ids", DType.INT64, (1,))
         steps = b.op(Op.RESHAPE, b.op(Op.IOTA, length="q_len"), shape=(1, "q_len"), name="token_steps")
-        return b.op(Op.ADD, b.op(Op.RESHAPE, offset, shape=(1, 1)), steps, name="positions"), "offset + i (a (1,) offset)"
+        positions = b.op(Op.ADD, b.op(Op.RESHAPE, offset, shape=(1, 1)), steps, name="positions")
+        return positions, "offset + i (a (1,) offset)"
     c.refuse(f"position_ids must be (batch, seq) or a (1,) offset, got {d}")

@@ -47,6 +47,17 @@ class Subgraph:
         return iter((self.graph, self.weights))
 
 
+def source_op(sub: Subgraph) -> str:
+    """What a subgraph was lifted from: the onnxruntime contrib op, an attngraph export, one ONNX ``Attention``
+    node, or the nodes of a decomposed attention."""
+    s = sub.summary
+    if s.get("op"):
+        return str(s["op"])
+    if s.get("export"):
+        return "attngraph export"
+    return "Attention" if len(sub.nodes) == 1 else f"{s.get('kind', 'attention')} ({len(sub.nodes)} nodes)"
+
+
 @dataclass(frozen=True)
 class Unrecognised:
     """Nodes that look like attention (a Softmax between two MatMuls, an ``Attention`` node) that were not

@@ -45,9 +45,24 @@ from attngraph.frontends.onnx_discovery.model_io import load_untrusted, save_mod
 from attngraph.frontends.onnx_discovery.report import CheckFailed, Left, OptimizeReport, Rewritten
 from attngraph.frontends.onnx_discovery.splice import STYLES, rewrite_model
 
-__all__ = ["CONTRIB_CHOICES", "DEFAULT_SIZES", "STYLES", "dims_from_subgraphs", "CheckFailed", "Left", "OptimizeReport", "Rewritten", "compare_outputs",
-           "default_opset", "model_copy", "name_nodes", "optimize_onnx", "random_inputs", "rewrite_model",
-           "upgrade_problem"]
+__all__ = [
+    "CONTRIB_CHOICES",
+    "DEFAULT_SIZES",
+    "STYLES",
+    "CheckFailed",
+    "Left",
+    "OptimizeReport",
+    "Rewritten",
+    "compare_outputs",
+    "default_opset",
+    "dims_from_subgraphs",
+    "model_copy",
+    "name_nodes",
+    "optimize_onnx",
+    "random_inputs",
+    "rewrite_model",
+    "upgrade_problem",
+]
 
 
 CONTRIB_CHOICES = ("keep", "rewrite")
