@@ -62,7 +62,7 @@ class ModelCheck:
     def passed(self) -> bool:
         return bool(self.rows) and all(r.passed for r in self.rows)
 
-    def table(self, width: int = 28) -> str:
+    def table(self, width: int = 40) -> str:
         """The rows as a text table (cells: max |error| against the float64 reference, ``!`` past the budget)."""
         head = ("#", "nodes", "op", "shapes", *self.targets, "verdict")
         body = [(str(r.index), _short(r.nodes[0], width) + (f" (+{len(r.nodes) - 1})" if len(r.nodes) > 1 else ""),
