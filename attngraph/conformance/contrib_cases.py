@@ -116,11 +116,13 @@ def _case(nc: NodeCase) -> Case:
 
 
 def contrib_cases() -> list[Case]:
-    """Every hand-written contrib node as a conformance case; empty without onnx, onnxscript or onnxruntime."""
+    """Every hand-written contrib node as a conformance case; empty without onnx, onnx-ir, onnxscript or
+    onnxruntime (discovery and the cases' own models need them)."""
     try:
         import onnx  # noqa: F401
         import onnx_ir  # noqa: F401
         import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401  (discovery's pattern rewriter)
     except ImportError:
         return []
     return [_case(nc) for nc in node_cases()]

@@ -8,8 +8,9 @@ What onnxruntime 1.32's CPU kernel computes, each point pinned by a conformance 
   padding query of a first prompt sees its row's ``T_b`` keys (``gqa_first_prompt_right_padding``). In
   attngraph's terms: the static cache with ``cache_lengths = max(seqlens_k + 1 - q_len, 0)``, plus a key limit
   ``j < seqlens_k + 1`` (a (batch, 1, 1, keys) bool mask, no T x T tensor).
-* ``total_sequence_length`` only checks the inputs and picks onnxruntime's code path; the lifted graph does not
-  read it (on every input onnxruntime accepts, the formulas above are what it computes).
+* ``total_sequence_length`` only checks the inputs and picks onnxruntime's code path (a first prompt when it equals
+  ``q_len``); the lifted graph does not read it: on inputs as the schema has them (``total_sequence_length`` the
+  batch's largest key count, or larger for right-padded rows) the formulas above are what onnxruntime computes.
 * The cache, by the model's declared shapes: no ``past_key`` (the new keys are the keys; ``present`` is them);
   a *shared buffer* (``present_key`` as long as ``past_key``: the new entries are written into it at ``P_b``,
   attngraph's static cache updated in place; its rows at or past ``T_b`` are unspecified, as onnxruntime's
