@@ -128,10 +128,10 @@ def check_model(source, *, backends: Sequence[str] | None = None, sizes: Mapping
         raise LoweringError(f"onnxruntime cannot run {where} on the check's inputs "
                             f"({', '.join(f'{k}{list(v.shape)}' for k, v in feeds.items())}): {e}; give other sizes "
                             "(sizes=, --size DIM=N)") from None
-    rows, compiled = [], {}
+    rows = []
     for n, sub in enumerate(subs, 1):
         say(f"layer {n}/{len(subs)}: {source_op(sub)} at {sub.nodes[0]!r} ...")
-        rows.append(_check_layer(sub, values, targets[:-1], compiled))
+        rows.append(_check_layer(sub, values, targets[:-1]))
     return ModelCheck(where, rows, list(found.unrecognised), targets, {k: tuple(v.shape) for k, v in feeds.items()},
                       time.perf_counter() - start)
 
@@ -167,7 +167,7 @@ def layer_values(model, subgraphs, feeds: dict) -> dict[str, np.ndarray]:
 
 # ---- one layer ------------------------------------------------------------------------------------------
 
-def _check_layer(sub, values: dict, backends: Sequence[str], compiled: dict) -> LayerRow:
+def _check_layer(sub, values: dict, backends: Sequence[str]) -> LayerRow:
     from attngraph.conformance.reference import evaluate
 
     inputs = {ir: np.asarray(values[m]) for ir, m in sub.inputs.items()}
@@ -180,7 +180,7 @@ def _check_layer(sub, values: dict, backends: Sequence[str], compiled: dict) -> 
     row.cells[ORT] = _verdict(model_out, reference, sub, inputs, budget_for("onnxruntime", dtype))
     for backend in backends:
         try:
-            run = _compiled(sub, backend, compiled)
+            run = _compiled(sub, backend)
             with np.errstate(all="ignore"):
                 got = run({k: np.array(v, copy=True) for k, v in inputs.items()})
         except Exception as e:  # noqa: BLE001 - a backend's failure is its cell, with the message
@@ -190,16 +190,23 @@ def _check_layer(sub, values: dict, backends: Sequence[str], compiled: dict) -> 
     return row
 
 
-def _compiled(sub, backend: str, cache: dict):
-    """The compiled layer; layers of one form without weights (GroupQueryAttention's) share one compile."""
+_COMPILED: dict = {}  # (graph text, backend) -> executable, for layers without weights; kept across checks
+_MAX_COMPILED = 64
+
+
+def _compiled(sub, backend: str):
+    """The compiled layer; layers of one form without weights (GroupQueryAttention's) share one compile, in this
+    check and the next ones of the process (a model's prompt and decode checks, several models of one family)."""
     from attngraph.lowering.compile import compile as compile_graph
 
     key = (str(sub.graph.replace(name="layer")), backend) if not sub.weights else None
-    if key is not None and key in cache:
-        return cache[key]
+    if key is not None and key in _COMPILED:
+        return _COMPILED[key]
     run = compile_graph(sub.graph, backend, weights=dict(sub.weights))
     if key is not None:
-        cache[key] = run
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = run
     return run
 
 

@@ -84,10 +84,10 @@ def test_genai_window_sized_cache_is_refused_by_name(genai_models):
     assert "sliding_window_cache=1" in found.unrecognised[0].reason
 
 
-@pytest.mark.parametrize("family", ["llama", "phi3", "gemma2"])
-def test_genai_optimize_rewrite_equals_the_original(genai_models, family, tmp_path):
+@pytest.mark.parametrize("family,steps", [("llama", ({}, DECODE)), ("gemma2", ({},))], ids=["llama", "gemma2"])
+def test_genai_optimize_rewrite_equals_the_original(genai_models, family, steps, tmp_path):
     path = _model(genai_models, family)
-    for sizes in ({}, DECODE):
+    for sizes in steps:
         report = optimize_onnx(path, str(tmp_path / "out.onnx"), contrib="rewrite", sizes=sizes)
         assert len(report.rewritten) == cm.LAYERS and report.checked and report.max_ratio <= 1.0, str(report)
     kept = optimize_onnx(path, None)

@@ -22,9 +22,9 @@ import numpy as np
 
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.constructors import build_attention
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, core_summary, same_dim
 from attngraph.frontends.onnx_discovery.contrib_edit import GraphEdit, same_length_keys
 from attngraph.frontends.onnx_discovery.contrib_masks import bias_fits, feed_masks, mask_form, mask_shape
+from attngraph.frontends.onnx_discovery.contrib_node import ContribNode, Lifted, core_summary, same_dim
 from attngraph.ir import DType, Op
 
 ROLES = ("input", "weights", "bias", "mask_index", "past", "attention_bias", "past_sequence_length")

@@ -34,8 +34,8 @@ import numpy as np
 
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.constructors import build_attention
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, same_dim
 from attngraph.frontends.onnx_discovery.contrib_edit import GraphEdit, with_mask_operand
+from attngraph.frontends.onnx_discovery.contrib_node import ContribNode, Lifted, same_dim
 from attngraph.ir import DType, Op
 
 ROLES = ("query", "key", "value", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache",

@@ -15,7 +15,7 @@ mask's dims (never guessed: an unknown dim is refused):
 
 from __future__ import annotations
 
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, same_dim
+from attngraph.frontends.onnx_discovery.contrib_node import ContribNode, same_dim
 from attngraph.ir import DType, Op
 
 

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from attngraph.frontends.config import AttentionConfig
 from attngraph.frontends.constructors import build_attention
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted, core_summary, same_dim
 from attngraph.frontends.onnx_discovery.contrib_edit import GraphEdit
 from attngraph.frontends.onnx_discovery.contrib_masks import bias_fits, feed_masks, mask_form, mask_shape
+from attngraph.frontends.onnx_discovery.contrib_node import ContribNode, Lifted, core_summary, same_dim
 from attngraph.ir import DType, Op
 
 ROLES = ("query", "key", "value", "bias", "key_padding_mask", "attention_bias", "past_key", "past_value",

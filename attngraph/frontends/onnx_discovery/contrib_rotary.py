@@ -15,7 +15,7 @@ What onnxruntime 1.32's CPU kernel computes, each point pinned by a conformance 
 
 from __future__ import annotations
 
-from attngraph.frontends.onnx_discovery.contrib import ContribNode, Lifted
+from attngraph.frontends.onnx_discovery.contrib_node import ContribNode, Lifted
 from attngraph.ir import DType, Op
 from attngraph.ir.builder import GraphBuilder
 
