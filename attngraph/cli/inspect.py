@@ -5,8 +5,11 @@
     attngraph inspect model.onnx --json out.json # also as JSON
 
 Each row: the index (``from_onnx(path, subgraph=N)`` returns that subgraph), the model nodes it replaces
-(first .. last, and how many), its kind (self, cross or core), heads, kv heads, head dim, whether it is
-causal (``yes``; ``in mask`` when the model's mask encodes it), its mask, rotary embedding and KV cache.
+(first .. last, and how many), the op it comes from (an onnxruntime ``com.microsoft`` operator, an ONNX
+``Attention`` node, or decomposed nodes), its kind (self, cross, core or rotary), heads, kv heads, head dim,
+whether it is causal (``yes``; ``in mask`` when the model's mask encodes it), its mask, rotary embedding and KV
+cache (a GroupQueryAttention's form: shared buffer or growing). A lifted contrib operator also gets a line saying
+what it computes in attngraph's terms (its attributes and inputs mapped: cache lengths, window, sinks, masks).
 The model is loaded with the safe loader and never changed.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-COLUMNS = ("#", "nodes", "count", "kind", "heads", "kv heads", "head dim", "causal", "mask", "rotary", "cache")
+COLUMNS = ("#", "nodes", "count", "op", "kind", "heads", "kv heads", "head dim", "causal", "mask", "rotary", "cache")
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -40,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
     if found.found:
         rows = [_row(s, args.width) for s in found.found]
         print(_table([COLUMNS] + rows))
+    for s in found.found:
+        if s.summary.get("computes"):
+            print(f"  [{s.index}] computes: {s.summary['computes']}")
     if args.notes:
         for s in found.found:
             for note in s.notes:
@@ -54,10 +60,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _row(sub, width: int) -> tuple[str, ...]:
+    from attngraph.frontends.onnx_discovery.found import source_op
+
     s = sub.summary
-    return (str(sub.index), _span(sub.nodes, width), str(len(sub.nodes)), _text(s.get("kind")),
+    cache = s.get("cache")
+    return (str(sub.index), _span(sub.nodes, width), str(len(sub.nodes)), source_op(sub), _text(s.get("kind")),
             _text(s.get("heads")), _text(s.get("kv_heads")), _text(s.get("head_dim")), _text(s.get("causal")),
-            _text(s.get("mask")), _text(s.get("rotary")), "yes" if s.get("cache") else "no")
+            _text(s.get("mask")), _text(s.get("rotary")), cache if isinstance(cache, str) else "yes" if cache else "no")
 
 
 def _text(value) -> str:

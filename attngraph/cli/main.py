@@ -9,6 +9,9 @@ listed once in ``COMMANDS``.
     attngraph check                        the first command: backend choice, quick conformance, ONNX export
     attngraph tune [graph flags] --batch 8 --q-len 1024 [--refresh | --clear]
     attngraph generate CHECKPOINT_DIR --backend numba --prompt-len 128 --new-tokens 64
+    attngraph inspect MODEL.onnx           the attention subgraphs discovery finds, and what each computes
+    attngraph optimize IN.onnx OUT.onnx    each attention rewritten in one export style, checked
+    attngraph check-model MODEL.onnx       each attention layer on every backend on the model's own values
 
 Usage errors (bad flags, an unknown backend, a missing file) exit with status 2 and one line on
 stderr; a failed check or conformance run exits with 1.
@@ -23,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from attngraph.cli import check, conformance, export, generate, hf, info, run, show, tune
+from attngraph.cli import check_model as check_model_cmd
 from attngraph.cli import inspect as inspect_cmd
 from attngraph.cli import optimize as optimize_cmd
 from attngraph.errors import AttnGraphError
@@ -54,6 +58,8 @@ COMMANDS: dict[str, Command] = {
                        inspect_cmd.run),
     "optimize": Command("rewrite every attention subgraph of an ONNX model in one export style, checked under "
                         "onnxruntime", optimize_cmd.configure, optimize_cmd.run),
+    "check-model": Command("run every attention layer of an ONNX model on every backend on the model's own values "
+                           "against the float64 reference", check_model_cmd.configure, check_model_cmd.run),
 }
 
 

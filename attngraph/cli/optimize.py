@@ -4,6 +4,7 @@
     attngraph optimize model.onnx out.onnx --style contrib            # com.microsoft.MultiHeadAttention where exact
     attngraph optimize model.onnx out.onnx --style decomposed --no-check
     attngraph optimize model.onnx out.onnx --no-guards               # the operator's own edge-case behaviour
+    attngraph optimize genai.onnx out.onnx --contrib-ops rewrite      # onnxruntime's fused ops to style attention too
 
 The model is trusted for nothing (``load_untrusted``). Each subgraph discovery lifts is replaced by the export of
 its graph; one the style cannot express exactly is left as it is, with the reason. The result passes onnx's
@@ -35,6 +36,11 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="leave out the If branches that keep each rewritten attention on attngraph's semantics for "
                         "empty inputs and non-finite values: it then does what the runtime's operator does there "
                         "(as the original nodes did), and is faster at small shapes")
+    p.add_argument("--contrib-ops", default="keep", choices=["keep", "rewrite"],
+                   help="the attention of onnxruntime's com.microsoft operators (GroupQueryAttention, "
+                        "MultiHeadAttention, Attention, RotaryEmbedding): keep them (the fused kernels onnxruntime "
+                        "and onnxruntime-genai run, a shared KV buffer included) or rewrite them in --style like "
+                        "every other attention, checked under onnxruntime")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the check's random inputs")
     p.add_argument("--size", type=_size_arg, action="append", default=[], metavar="DIM=N",
                    help="size of a symbolic dim for the check (repeatable; default batch 2, past 3, others 6)")
@@ -67,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = optimize_onnx(args.input, args.output, style=args.style, opset=args.opset, check=not args.no_check,
                                seed=args.seed, sizes=dict(args.size), guards=not args.no_guards,
-                               progress=progress)
+                               contrib=args.contrib_ops, progress=progress)
     except CheckFailed as e:
         line = " ".join(str(e).split())
         print(f"attngraph optimize: error: the rewritten model failed its check, nothing written: {line}",

@@ -309,11 +309,12 @@ def random_cases(count: int = 16, seed: int = 1234) -> list[Case]:
 
 def all_cases(include_onnx: bool = True) -> list[Case]:
     """The whole corpus, in a stable order."""
+    from attngraph.conformance.contrib_cases import contrib_cases
     from attngraph.conformance.onnx_cases import onnx_node_cases
 
     out = named_cases() + edge_cases() + random_cases()
     if include_onnx:
-        out += onnx_node_cases()
+        out += onnx_node_cases() + contrib_cases()
     names = [c.name for c in out]
     dupes = {n for n, k in itertools.groupby(sorted(names)) if len(list(k)) > 1}
     if dupes:

@@ -16,8 +16,9 @@ The knobs, grouped (each convention is the semantics table's, ``attngraph.ir.sem
 * scores: ``scale``, ``softcap``, ``sinks``, ``causal``, ``window``, ``key_padding``,
   ``align_to_lengths``, ``mask``/``mask_shape``;
 * cache and outputs: ``kv_cache`` (False; True or "concat": ``present = concat(past, new)``; "static": fixed
-  (batch, kv_heads, ``max_len``, head_dim) buffers written at each row's ``cache_lengths``; "rolling": the
-  same with circular writes, ``max_len`` = the sliding window), ``max_len``, ``score_outputs``, ``name``.
+  (batch, kv_heads, ``max_len``, head_dim) buffers written at each row's ``cache_lengths``, ``max_len`` an int or
+  a dim name; "rolling": the same with circular writes, ``max_len`` = the sliding window), ``max_len``,
+  ``score_outputs``, ``name``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class AttentionConfig:
     rel_max_distance: int = 128
     rel_bidirectional: bool | None = None
     kv_cache: bool | str = False
-    max_len: int | None = None
+    max_len: int | str | None = None
     score_outputs: tuple[str, ...] = field(default=())
     layout: str = "4d"
     dtype: str = "float32"
@@ -171,8 +172,10 @@ def _validate_cache(c: AttentionConfig) -> None:
     if c.kv_cache not in (False, True, None, "concat", "static", "rolling"):
         fail(f"kv_cache={c.kv_cache!r} is unknown; choose False, 'concat' (or True), 'static' or 'rolling'")
     if c.cache in ("static", "rolling"):
-        if not isinstance(c.max_len, int) or isinstance(c.max_len, bool) or c.max_len <= 0:
-            fail(f"kv_cache={c.cache!r} needs max_len, the cache's fixed length (a positive int), got {c.max_len!r}")
+        symbolic = c.cache == "static" and isinstance(c.max_len, str) and dims.symbols(c.max_len)
+        if not symbolic and (not isinstance(c.max_len, int) or isinstance(c.max_len, bool) or c.max_len <= 0):
+            fail(f"kv_cache={c.cache!r} needs max_len, the cache's fixed length (a positive int; a static cache "
+                 f"may name a dim, e.g. 'max_len', fixed by the buffer each call passes), got {c.max_len!r}")
         if c.kind == "cross":
             fail(f"kv_cache={c.cache!r} caches self-attention keys; cross attention computes its keys once")
         if c.mask or c.key_padding:

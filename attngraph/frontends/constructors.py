@@ -34,7 +34,8 @@ def build_attention(config: AttentionConfig) -> Graph:
     b = GraphBuilder(c.name or f"{'causal_' if c.causal and c.kind == 'self' else ''}{c.kind}_attention")
     dt = DType.parse(c.dtype)
     hkv, d, dv = c.kv_heads, c.qk_head_dim, c.value_head_dim
-    kv_len = "q_len" if c.kind == "self" else "kv_len"
+    # a static (or rolling) cache appends the current tokens: core attention's new keys are the queries' length
+    kv_len = "q_len" if c.kind == "self" or c.cache in ("static", "rolling") else "kv_len"
     q, k, v = _project_inputs(b, c, dt, kv_len)
     q, k = _normalise_heads(b, c, dt, q, k)
     cache_lengths = b.input("cache_lengths", DType.INT64, ("batch",)) if c.cache in ("static", "rolling") else None
@@ -152,7 +153,7 @@ def _rotate(b: GraphBuilder, c: AttentionConfig, dt: DType, q: Value, k: Value,
 def _write_cache(b: GraphBuilder, c: AttentionConfig, dt: DType, k: Value, v: Value, lengths: Value):
     """The static (or rolling) cache: the new keys and values written into fixed buffers at each row's
     ``cache_lengths``; attention then reads keys [0, lengths + q_len) of the buffer (all of a full rolling one)."""
-    shape = ("batch", c.kv_heads, int(c.max_len))
+    shape = ("batch", c.kv_heads, c.max_len if isinstance(c.max_len, str) else int(c.max_len))
     past_k = b.input("past_key", dt, shape + (c.qk_head_dim,))
     past_v = b.input("past_value", dt, shape + (c.value_head_dim,))
     mode = "linear" if c.cache == "static" else "circular"

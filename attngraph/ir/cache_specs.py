@@ -4,7 +4,9 @@
 written at slots ``lengths[b] + s`` of batch row b (``mode="linear"``; ``lengths[b] + S <= max_len``,
 else an error), or at ``(lengths[b] + s) mod max_len`` (``"circular"``, a rolling cache; the last
 write to a slot wins). Every other slot keeps its value. The result has the cache's type; a backend
-may write into the cache's own buffer (in place) when it owns it.
+may write into the cache's own buffer (in place) when it owns it. A linear cache's ``max_len`` may be
+symbolic (the buffer the caller passes fixes it, as onnxruntime's GroupQueryAttention takes it); a
+circular one needs a fixed ``max_len`` (its slots are taken modulo it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ def _cache_update(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[TensorT
     cache, new, lengths = ts
     need_rank(cache, 4, "cache_update cache", "(batch, heads, max_len, head_dim)")
     need_rank(new, 4, "cache_update new entries", "(batch, heads, seq, head_dim)")
-    need_static(cache.shape[2], "the cache's max_len")
+    if a["mode"] == "circular":
+        need_static(cache.shape[2], "a rolling (circular) cache's max_len")
     if cache.dtype != new.dtype:
         raise GraphError(f"cache_update: the cache is {cache} but the new entries are {new}")
     for axis in (0, 1, 3):

@@ -33,6 +33,10 @@ class DecodeSession:
         if not {"past_key", "past_value", "cache_lengths"} <= set(names):
             raise ConfigError(f"DecodeSession runs a static-cache graph (kv_cache='static' or 'rolling', inputs "
                               f"past_key, past_value, cache_lengths); graph {graph.name} takes {sorted(names)}")
+        if not isinstance(names["past_key"].type.shape[2], int):
+            raise ConfigError(f"DecodeSession allocates the cache itself: it needs a fixed max_len, but graph "
+                              f"{graph.name} leaves it to the caller ({names['past_key'].type}); build it with "
+                              "max_len=N (an int)")
         self.graph = graph
         self.executable = compile_graph(graph, backend, weights=weights, **options)
         self.batch = int(batch)

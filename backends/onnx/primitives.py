@@ -107,7 +107,9 @@ def _reshape(ctx, x):
         target = e.i64(list(shape))
     else:
         target = e.op("Concat", [e.dim(d) for d in shape], axis=0)
-    return e.op("Reshape", [x, target], hint=_hint(ctx))
+    # the IR's target is exact: a dim that is 0 at run time (an empty cache) is 0, not ONNX's "copy this dim"
+    zero = {"allowzero": 1} if e.opset >= 14 else {}
+    return e.op("Reshape", [x, target], hint=_hint(ctx), **zero)
 
 
 @PRIMITIVES.register(Op.TRANSPOSE)

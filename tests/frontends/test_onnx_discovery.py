@@ -329,8 +329,8 @@ def test_inspect_lists_subgraphs_and_what_was_not_lifted(capsys, tmp_path):
     assert main(["inspect", path, "--json", str(tmp_path / "l.json")]) == 0
     out = capsys.readouterr().out
     header, row = out.splitlines()[1:3]
-    assert header.split() == ["#", "nodes", "count", "kind", "heads", "kv", "heads", "head", "dim", "causal", "mask",
-                              "rotary", "cache"]
+    assert header.split() == ["#", "nodes", "count", "op", "kind", "heads", "kv", "heads", "head", "dim", "causal",
+                              "mask", "rotary", "cache"]
     assert row.split()[0] == "0" and " self " in row and "half 16/16" in row and "in mask" in row
     assert "note:" in out and (tmp_path / "l.json").exists()
     assert main(["inspect", _export("mha", "ts"), "--no-notes"]) == 0

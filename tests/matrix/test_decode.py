@@ -134,3 +134,26 @@ def test_onnx_export_is_tensorscatter_and_attention24(tmp_path):
                     yield from nodes(a.g)
     attention = [n for n in nodes(model.graph) if n.op_type == "Attention"]
     assert attention and all(len(n.input) == 7 and n.input[6] for n in attention)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_static_cache_of_symbolic_length_takes_the_callers_buffer(backend):
+    """``max_len`` may be a dim name (the buffer each call passes fixes it, as onnxruntime's GroupQueryAttention
+    takes it): one graph runs on a 9-slot and a 14-slot buffer, each equal to the fixed-length graph's output;
+    DecodeSession, which allocates the buffer, refuses it by name."""
+    from attngraph.errors import ConfigError
+
+    sym = ag.causal_self_attention(32, 8, num_kv_heads=2, kv_cache="static", max_len="max_len", rotary="half")
+    weights = ag.Weights.random(sym, seed=5)
+    rng = np.random.default_rng(1)
+    for slots in (9, 14):
+        fixed = ag.causal_self_attention(32, 8, num_kv_heads=2, kv_cache="static", max_len=slots, rotary="half")
+        feeds = {"x": rng.standard_normal((2, 3, 32)).astype(np.float32), "cache_lengths": np.array([2, 6]),
+                 "past_key": rng.standard_normal((2, 2, slots, 4)).astype(np.float32),
+                 "past_value": rng.standard_normal((2, 2, slots, 4)).astype(np.float32)}
+        want = ag.compile(fixed, "numpy", weights=weights, cache_inplace=False)({k: v.copy() for k, v in feeds.items()})
+        got = ag.compile(sym, backend, weights=weights)({k: v.copy() for k, v in feeds.items()})
+        np.testing.assert_allclose(got["y"], want["y"], atol=2e-6, rtol=1e-5)
+        np.testing.assert_allclose(got["present_key"], want["present_key"], atol=1e-6)
+    with pytest.raises(ConfigError, match="needs a fixed max_len"):
+        ag.DecodeSession(sym, "numpy", weights=weights)

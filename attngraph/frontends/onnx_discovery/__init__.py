@@ -62,6 +62,7 @@ def discover(source) -> Discovery:
 
 def _discover(prep) -> Discovery:
     from attngraph.frontends.onnx_discovery.chain import Tracker
+    from attngraph.frontends.onnx_discovery.contrib import lift_contrib
     from attngraph.frontends.onnx_discovery.core import match_attention_node, match_decomposed
     from attngraph.frontends.onnx_discovery.evaluate import Evaluator
     from attngraph.frontends.onnx_discovery.lift import lift
@@ -88,10 +89,14 @@ def _discover(prep) -> Discovery:
                 found.append(sub)
                 claimed.update(sub.nodes)
                 continue
-        elif node.op_type in _CONTRIB_ATTENTION and node.domain == "com.microsoft":
-            left.append(Unrecognised((node.name,), f"onnxruntime's com.microsoft.{node.op_type} is not lifted: its "
-                                                   "semantics are onnxruntime's own (export the model without "
-                                                   "onnxruntime's fusions)"))
+        elif node.domain == "com.microsoft" and node.op_type in _CONTRIB_ATTENTION | {"RotaryEmbedding"}:
+            try:
+                sub = lift_contrib(node, prep, len(found))
+            except Refused as e:
+                left.append(Unrecognised((node.name,), e.reason))
+                continue
+            found.append(sub)
+            claimed.update(sub.nodes)
             continue
         elif node.op_type == "MatMul":
             core, why = match_decomposed(prep.model, node, tracker.ev, tracker.dims)

@@ -27,58 +27,73 @@ _MAX_CHECK_INPUT_BYTES = 1 << 30
 
 def checker_only(path: str) -> dict:
     """Without the onnxruntime comparison: onnx's checker on the written file, no more."""
-    import onnx
-
     try:
-        onnx.checker.check_model(path, full_check=True)
+        onnx_check(path, full=True)
     except Exception as e:  # noqa: BLE001 - onnx raises its own and pybind's errors
         try:
-            onnx.checker.check_model(path)
+            onnx_check(path, full=False)
         except Exception as e2:  # noqa: BLE001
             raise CheckFailed(f"ONNX's checker refuses the rewritten model: {one_line(e2)}") from None
         _ = e
     return {}
 
 
+def onnx_check(source, full: bool) -> None:
+    """onnx's checker on a model file or ModelProto; raises onnx's error. A model with onnxruntime's own
+    default-domain ops (``model_checks.for_onnx_checker``) is checked with those nodes moved aside, on its
+    skeleton (no data) when it came as a file."""
+    import onnx
+
+    from attngraph.frontends.onnx_discovery.model_checks import for_onnx_checker
+
+    in_memory = isinstance(source, onnx.ModelProto)
+    model = source if in_memory else onnx.load(source, load_external_data=False)
+    checkable = for_onnx_checker(model)
+    if checkable is model:
+        onnx.checker.check_model(source, full_check=full)
+    else:
+        onnx.checker.check_model(checkable if in_memory else model_skeleton(checkable), full_check=full)
+
+
 class Checker:
     """Runs the original model once under onnxruntime on seeded inputs; ``verify(path)`` checks a rewritten
     model file against those outputs (onnx's checker first)."""
 
-    def __init__(self, model, src, seed: int, sizes, say):
-        import onnx
-
+    def __init__(self, model, src, seed: int, sizes, say, subgraphs=()):
         self.note = ""
         self.full = True
         try:
-            onnx.checker.check_model(_skeleton_for_check(model), full_check=True)
+            onnx_check(_skeleton_for_check(model), full=True)
         except Exception as e:  # noqa: BLE001
             self.full = False
             self.note = f"the original model fails onnx's full check ({one_line(e)}); the result gets the basic check"
         try:
-            self.feeds = random_inputs(model, seed=seed, sizes=sizes)
+            self.feeds = random_inputs(model, seed=seed, sizes={**dims_from_subgraphs(model, subgraphs),
+                                                                **(sizes or {})})
         except AttnGraphError as e:
             raise CheckFailed(f"no inputs could be drawn for the check: {e}; pass sizes (--size DIM=N) or skip the "
                               "check (--no-check)") from None
         say(f"running the original model under onnxruntime "
             f"({', '.join(f'{k}{list(v.shape)}' for k, v in self.feeds.items())}) ...")
+        self.unspecified = unspecified_outputs(model, subgraphs)
         try:
             self.reference = _run(_model_source(model, src), self.feeds)
+            self.counts = _counts(model, self.unspecified, self.feeds)
         except LoweringError as e:
             raise CheckFailed(f"onnxruntime cannot run the original model, so nothing can be checked against it: "
                               f"{e}; skip the check (--no-check) to write the result unchecked") from None
 
     def verify(self, path: str) -> dict[str, tuple[float, float]]:
-        import onnx
-
         try:
-            onnx.checker.check_model(path, full_check=self.full)
+            onnx_check(path, full=self.full)
         except Exception as e:  # noqa: BLE001 - onnx raises its own and pybind's errors
             raise CheckFailed(f"ONNX's checker refuses the rewritten model: {one_line(e)}") from None
         try:
             got = _run(path, self.feeds)
         except LoweringError as e:
             raise CheckFailed(f"onnxruntime cannot run the rewritten model: {e}") from None
-        return compare_outputs(self.reference, got)
+        return compare_outputs(self.reference, got, {name: (self.counts[c], k)
+                                                     for name, (c, k) in self.unspecified.items()})
 
     def verify_model(self, model) -> dict[str, tuple[float, float]]:
         with tempfile.TemporaryDirectory(prefix="attngraph-optimize-") as tmp:
@@ -102,6 +117,15 @@ def _model_source(model, src):
     raise LoweringError("the model is larger than 2 GiB and was not given as a path; pass its path")
 
 
+def run_with_outputs(model, feeds: dict) -> dict:
+    """onnxruntime (CPU) running an in-memory ``model`` on ``feeds``: every graph output by name; a model
+    onnxruntime cannot run is a ``LoweringError`` with its message."""
+    if model.ByteSize() >= PROTOBUF_LIMIT:
+        raise LoweringError("the model is larger than protobuf's 2 GiB limit in memory; check it from a smaller "
+                            "export")
+    return _run(model.SerializeToString(), feeds)
+
+
 def _run(source, feeds: dict) -> dict:
     import onnxruntime as ort
 
@@ -116,8 +140,46 @@ def _run(source, feeds: dict) -> dict:
         raise LoweringError(one_line(e)) from None
 
 
-def compare_outputs(reference: dict, got: dict) -> dict[str, tuple[float, float]]:
-    """``{output: (max |error|, error / budget)}``; raises ``CheckFailed`` naming the first output off its budget."""
+def unspecified_outputs(model, subgraphs) -> dict[str, tuple[str, int]]:
+    """``{graph output: (model value of per-row counts, k)}``: model outputs a lifted operator leaves unspecified
+    at positions ``j >= counts[b] + k`` of axis 2 (``Subgraph.unspecified``)."""
+    outputs = {o.name for o in model.graph.output}
+    found = {}
+    for sub in subgraphs:
+        for ir, (counts, k) in sub.unspecified.items():
+            name = sub.outputs.get(ir)
+            if name in outputs:
+                found[name] = (sub.inputs[counts], k)
+    return found
+
+
+def _counts(model, unspecified: dict, feeds: dict) -> dict[str, np.ndarray]:
+    """The count values ``unspecified`` names, from the model's inputs or onnxruntime running a copy of it."""
+    import onnx
+    from onnx import helper
+
+    names = {c for c, _ in unspecified.values()}
+    out = {n: feeds[n] for n in names if n in feeds}
+    missing = sorted(names - set(out))
+    if missing:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        copy.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.INT32, None) for n in missing)
+        got = run_with_outputs(copy, feeds)
+        out.update({n: got[n] for n in missing})
+    return out
+
+
+def mask_tail(a: np.ndarray, counts, k: int) -> np.ndarray:
+    """``a`` with positions ``j >= counts[b] + k`` of axis 2 set to 0 (what an operator leaves unspecified)."""
+    limit = np.asarray(counts).astype(np.int64).reshape(-1) + k
+    keep = np.arange(a.shape[2])[None, :] < limit[:, None]
+    return np.where(keep.reshape(keep.shape[0], 1, keep.shape[1], *([1] * (a.ndim - 3))), a, 0).astype(a.dtype)
+
+
+def compare_outputs(reference: dict, got: dict, unspecified: Mapping | None = None) -> dict[str, tuple[float, float]]:
+    """``{output: (max |error|, error / budget)}``; raises ``CheckFailed`` naming the first output off its budget.
+    ``unspecified``: ``{output: (counts, k)}``, positions not compared (``mask_tail``)."""
     from attngraph.conformance.budgets import BUDGETS, compare
 
     errors, bad = {}, []
@@ -126,6 +188,8 @@ def compare_outputs(reference: dict, got: dict) -> dict[str, tuple[float, float]
             raise CheckFailed(f"the rewritten model has no output {name!r}")
         have = np.asarray(got[name])
         ref = np.asarray(ref)
+        if name in (unspecified or {}) and have.shape == ref.shape and ref.ndim >= 3:
+            have, ref = (mask_tail(x, *unspecified[name]) for x in (have, ref))
         if ref.dtype.kind in "fc" and str(ref.dtype) in BUDGETS:
             verdict = compare(have, ref, BUDGETS[str(ref.dtype)], what=name)
             finite = np.isfinite(ref) & np.isfinite(have) if have.shape == ref.shape else None
@@ -150,10 +214,12 @@ def random_inputs(model, *, seed: int = 0, sizes: Mapping[str, int] | None = Non
     by name (``DEFAULT_SIZES``: batch 2, past 3, others 6; unnamed 6). Integer inputs: token ids within the
     table they index (a ``Gather`` of an initializer), padding masks (``*mask*``: 1, the last few positions of
     later rows 0, never a whole row), positions (``*position*``: 0, 1, ...), lengths (the full length),
-    zeros otherwise. Bool masks hold both values in every row (whichever value means "attend")."""
+    zeros otherwise. Bool masks hold both values in every row (whichever value means "attend"). A dim named
+    ``*total*`` is past + seq; ``check_sizes`` adds the defaults a model needs."""
     import onnx
 
     rng = np.random.default_rng(seed)
+    sizes = check_sizes(model, sizes)
     g = model.graph
     inits = {t.name: t for t in g.initializer}
     bounds = {n.input[1]: _gather_bound(n, inits) for n in g.node if n.op_type == "Gather" and len(n.input) > 1}
@@ -189,8 +255,40 @@ def _size(d, sizes) -> int:
     if d.dim_param in sizes:
         return int(sizes[d.dim_param])
     low = d.dim_param.lower()
-    key = next((k for k in DEFAULT_SIZES if k in low), "seq")
+    if "total" in low:  # a total sequence length (onnxruntime-genai's masks): the past and the new tokens
+        return _named("past", sizes) + _named("seq", sizes)
+    return _named(next((k for k in DEFAULT_SIZES if k in low), "seq"), sizes)
+
+
+def _named(key: str, sizes: dict) -> int:
     return int(sizes.get(key, DEFAULT_SIZES[key]))
+
+
+def dims_from_subgraphs(model, subgraphs) -> dict[str, int]:
+    """Symbolic dims of the model's inputs that a lifted subgraph fixes (onnxruntime-genai declares a cache's
+    head size as 'kv_cache_dim'; the lifted GroupQueryAttention reads it as 16): ``{dim name: size}``."""
+    declared = {vi.name: vi.type.tensor_type.shape.dim for vi in model.graph.input if vi.type.HasField("tensor_type")}
+    out: dict[str, int] = {}
+    for sub in subgraphs:
+        types = {v.name: v.type for v in sub.graph.inputs}
+        for ir, name in sub.inputs.items():
+            dims = declared.get(name)
+            if dims is None or ir not in types or len(dims) != types[ir].rank:
+                continue
+            for d, want in zip(dims, types[ir].shape):
+                if d.dim_param and isinstance(want, int):
+                    out[d.dim_param] = want
+    return out
+
+
+def check_sizes(model, sizes: Mapping[str, int] | None) -> dict[str, int]:
+    """``sizes`` with the defaults a model needs: a model with com.microsoft.GroupQueryAttention is checked on a
+    prompt (past 0), since onnxruntime takes several new tokens with a past only at batch 1."""
+    out = dict(sizes or {})
+    if "past" not in out and any(n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"
+                                 for n in model.graph.node):
+        out["past"] = 0
+    return out
 
 
 def _gather_bound(node, inits) -> int | None:

@@ -24,7 +24,11 @@ class Subgraph:
     * ``weights``: IR param name -> array (read from the model's initializers and constants);
     * ``summary``: what ``attngraph inspect`` shows (kind, heads, kv_heads, head_dim, causal, mask, rotary,
       cache), and ``notes``: how a convention of the model was mapped (e.g. a -10000 fill lifted as an
-      additive mask, not as -inf).
+      additive mask, not as -inf);
+    * ``unspecified``: IR output name -> (IR input name, k): the output's positions j on axis 2 at or past
+      ``input[b] + k`` in batch row b are left unspecified by the model's operator (onnxruntime's
+      GroupQueryAttention says so of its shared cache buffer's rows past ``seqlens_k + 1``); comparisons of
+      that output read the rest only.
 
     Iterates as ``(graph, weights)`` and ``attngraph.compile(subgraph, backend)`` takes it, as the
     other importers' results."""
@@ -37,9 +41,21 @@ class Subgraph:
     outputs: Mapping[str, str]
     summary: Mapping[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    unspecified: Mapping[str, tuple[str, int]] = field(default_factory=dict)
 
     def __iter__(self) -> Iterator[Any]:
         return iter((self.graph, self.weights))
+
+
+def source_op(sub: Subgraph) -> str:
+    """What a subgraph was lifted from: the onnxruntime contrib op, an attngraph export, one ONNX ``Attention``
+    node, or the nodes of a decomposed attention."""
+    s = sub.summary
+    if s.get("op"):
+        return str(s["op"])
+    if s.get("export"):
+        return "attngraph export"
+    return "Attention" if len(sub.nodes) == 1 else f"{s.get('kind', 'attention')} ({len(sub.nodes)} nodes)"
 
 
 @dataclass(frozen=True)

@@ -251,11 +251,16 @@ def upgrade_problem(model, target: int) -> str | None:
     """Why raising the model's default-domain opset to ``target`` could change what some node computes, or
     None when it is safe: onnx's version converter must move every node unchanged (each op's versions in
     between differ only in the types they take; an op whose meaning or inputs changed is rewritten by the
-    converter, so the model would have to change beyond its opset number)."""
+    converter, so the model would have to change beyond its opset number). onnxruntime's own default-domain
+    ops (one version for every opset) are set aside."""
     import onnx
     from onnx import version_converter
 
-    skeleton = model_skeleton(model)
+    from attngraph.frontends.onnx_discovery.model_checks import for_onnx_checker
+
+    # onnxruntime's own default-domain ops (SimplifiedLayerNormalization) have one version for every opset: the
+    # converter, which does not know them, moves the rest around them
+    skeleton = for_onnx_checker(model_skeleton(model))
     try:
         moved = version_converter.convert_version(skeleton, target)
     except Exception as e:  # noqa: BLE001 - the converter raises RuntimeError and ConvertError from C++

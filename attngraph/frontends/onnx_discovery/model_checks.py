@@ -71,7 +71,8 @@ def _check_versions(model, where: str) -> None:
     local = {(f.domain, f.name) for f in model.functions}
     for graph_path, node in _walk_nodes(model.graph, "graph"):
         domain = "" if node.domain == "ai.onnx" else node.domain
-        if domain == "" and (domain, node.op_type) not in local and not onnx.defs.has(node.op_type, opsets[""], ""):
+        if domain == "" and (domain, node.op_type) not in local and not onnx.defs.has(node.op_type, opsets[""], "") \
+                and node.op_type not in onnxruntime_default_domain_ops():
             hint = (f"it exists from opset {_first_version(node.op_type)}" if onnx.defs.has(node.op_type, "")
                     else "ONNX defines no such op")
             raise UnsupportedModel(f"{where}: node {_node_name(node)} in {graph_path} uses {node.op_type!r}, which "
@@ -80,6 +81,25 @@ def _check_versions(model, where: str) -> None:
         if domain not in opsets and (domain, node.op_type) not in local:
             raise SerializationError(f"{where}: node {_node_name(node)} uses domain {node.domain!r}, which the "
                                      f"model does not import (opset_import lists {sorted(opsets)}): import it")
+
+
+def onnxruntime_default_domain_ops() -> frozenset[str]:
+    """Ops onnxruntime defines in the default domain beyond ONNX's own (``SimplifiedLayerNormalization``, which
+    onnxruntime-genai's models use): valid models for onnxruntime, so not refused. Empty without onnxruntime."""
+    global _ORT_DEFAULT_OPS
+    if _ORT_DEFAULT_OPS is None:
+        try:
+            import onnx
+            from onnxruntime.capi import _pybind_state
+
+            _ORT_DEFAULT_OPS = frozenset(s.name for s in _pybind_state.get_all_operator_schema()
+                                         if s.domain in ("", "ai.onnx") and not onnx.defs.has(s.name, ""))
+        except (ImportError, AttributeError):
+            _ORT_DEFAULT_OPS = frozenset()
+    return _ORT_DEFAULT_OPS
+
+
+_ORT_DEFAULT_OPS: frozenset[str] | None = None
 
 
 def _first_version(op_type: str) -> int:
@@ -452,7 +472,7 @@ def check_with_onnx(model, where: str, refs: list[External]) -> None:
     if model.ByteSize() > PROTOBUF_LIMIT:
         return  # a >2 GiB ModelProto given in memory: the checks above are all there is
     try:
-        onnx.checker.check_model(model)
+        onnx.checker.check_model(for_onnx_checker(model))
     except Exception as e:  # onnx raises ValidationError and others from pybind
         raise SerializationError(f"{where}: ONNX's checker refuses the model: {_first_line(e)}; fix what it "
                                  "names") from e
@@ -461,3 +481,24 @@ def check_with_onnx(model, where: str, refs: list[External]) -> None:
 def _first_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+ORT_DEFAULT_DOMAIN = "attngraph.onnxruntime-default-domain"  # where for_onnx_checker puts onnxruntime's own ops
+
+
+def for_onnx_checker(model):
+    """``model``, or a copy in which each default-domain node of an op that onnx does not define but onnxruntime
+    does (``onnxruntime_default_domain_ops``) sits in a private domain: onnx's checker then checks everything
+    else instead of refusing the whole model for an op it does not know."""
+    import onnx
+
+    ops = onnxruntime_default_domain_ops()
+    if not any(n.domain in ("", "ai.onnx") and n.op_type in ops for n in model.graph.node):
+        return model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for n in copy.graph.node:
+        if n.domain in ("", "ai.onnx") and n.op_type in ops:
+            n.domain = ORT_DEFAULT_DOMAIN
+    copy.opset_import.append(onnx.helper.make_opsetid(ORT_DEFAULT_DOMAIN, 1))
+    return copy

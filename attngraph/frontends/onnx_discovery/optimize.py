@@ -37,6 +37,7 @@ from attngraph.frontends.onnx_discovery.check import (
     Checker,
     checker_only,
     compare_outputs,
+    dims_from_subgraphs,
     random_inputs,
 )
 from attngraph.frontends.onnx_discovery.graph_edit import default_opset, model_copy, name_nodes, upgrade_problem
@@ -44,14 +45,32 @@ from attngraph.frontends.onnx_discovery.model_io import load_untrusted, save_mod
 from attngraph.frontends.onnx_discovery.report import CheckFailed, Left, OptimizeReport, Rewritten
 from attngraph.frontends.onnx_discovery.splice import STYLES, rewrite_model
 
-__all__ = ["DEFAULT_SIZES", "STYLES", "CheckFailed", "Left", "OptimizeReport", "Rewritten", "compare_outputs",
-           "default_opset", "model_copy", "name_nodes", "optimize_onnx", "random_inputs", "rewrite_model",
-           "upgrade_problem"]
+__all__ = [
+    "CONTRIB_CHOICES",
+    "DEFAULT_SIZES",
+    "STYLES",
+    "CheckFailed",
+    "Left",
+    "OptimizeReport",
+    "Rewritten",
+    "compare_outputs",
+    "default_opset",
+    "dims_from_subgraphs",
+    "model_copy",
+    "name_nodes",
+    "optimize_onnx",
+    "random_inputs",
+    "rewrite_model",
+    "upgrade_problem",
+]
+
+
+CONTRIB_CHOICES = ("keep", "rewrite")
 
 
 def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = None, check: bool = True,
                   seed: int = 0, sizes: Mapping[str, int] | None = None, guards: bool = True,
-                  progress: Callable[[str], None] | None = None) -> OptimizeReport:
+                  contrib: str = "keep", progress: Callable[[str], None] | None = None) -> OptimizeReport:
     """Rewrite every attention subgraph of the model at ``src`` in ``style`` and write the result to ``dst``.
 
     ``style``: "attention" (the ONNX ``Attention`` operator, opset >= 23), "contrib" (onnxruntime's
@@ -61,12 +80,18 @@ def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = Non
     non-finite values (as the original nodes did) instead of attngraph's semantics; faster at small shapes.
     ``check``: run the original and the result under onnxruntime on inputs drawn with ``seed`` (symbolic dims
     sized by ``sizes``, by name, else ``DEFAULT_SIZES``) and compare every output. ``dst`` None: nothing is
-    written (the report still says what would be). Returns an ``OptimizeReport``.
+    written (the report still says what would be). ``contrib``: what becomes of the attention lifted from
+    onnxruntime's ``com.microsoft`` operators (GroupQueryAttention, MultiHeadAttention, Attention,
+    RotaryEmbedding): "keep" (the default: left as they are, the fused kernels onnxruntime and
+    onnxruntime-genai run them with, a shared KV buffer included) or "rewrite" (moved to ``style`` like every
+    other subgraph, checked the same way). Returns an ``OptimizeReport``.
     """
     start = time.perf_counter()
     say = progress or (lambda _msg: None)
     if style not in STYLES:
         raise ConfigError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    if contrib not in CONTRIB_CHOICES:
+        raise ConfigError(f"unknown contrib choice {contrib!r}; choose one of {', '.join(CONTRIB_CHOICES)}")
     where = str(src) if isinstance(src, str | os.PathLike) else "the given model"
     say(f"loading {where} ...")
     model, _base = load_untrusted(src)
@@ -76,17 +101,18 @@ def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = Non
     say(f"found {len(found.found)} attention subgraph(s), {len(found.unrecognised)} not lifted; rewriting in "
         f"style {style} ...")
     form = {"style": style, "opset": opset, "guards": guards}
-    result, rewritten, left = rewrite_model(model, found.found, **form)
-    left += [Left(None, tuple(u.nodes), u.reason) for u in found.unrecognised]
+    chosen, kept = _contrib_choice(found.found, contrib)
+    result, rewritten, left = rewrite_model(model, chosen, **form)
+    left += kept + [Left(None, tuple(u.nodes), u.reason) for u in found.unrecognised]
     report = OptimizeReport(where, os.fspath(dst) if dst is not None else None, style, default_opset(model),
                             default_opset(result), rewritten, left)
-    checker = Checker(model, src, seed, sizes, say) if check and rewritten else None
+    checker = Checker(model, src, seed, sizes, say, found.found) if check and rewritten else None
     if checker is not None:
         report.check_note = checker.note
     else:
         report.check_note = "the check was switched off" if not check else "nothing was rewritten"
     if checker is not None and rewritten:
-        result, rewritten, failed = _checked(model, found.found, result, rewritten, checker, form, say)
+        result, rewritten, failed = _checked(model, chosen, result, rewritten, checker, form, say)
         report.rewritten, report.left = rewritten, failed + left
         report.opset_after = default_opset(result)
     if dst is not None:
@@ -103,6 +129,22 @@ def optimize_onnx(src, dst, *, style: str = "attention", opset: int | None = Non
         _fill_errors(report, checker.verify_model(result))
     report.seconds = time.perf_counter() - start
     return report
+
+
+def _contrib_choice(subgraphs, contrib: str):
+    """``(subgraphs to rewrite, Left entries for the contrib ones kept)``."""
+    if contrib == "rewrite":
+        return list(subgraphs), []
+    chosen, kept = [], []
+    for sg in subgraphs:
+        op = str(sg.summary.get("op", ""))
+        if op.startswith("com.microsoft."):
+            kept.append(Left(sg.index, tuple(sg.nodes), f"onnxruntime's {op}, kept as it is (contrib='keep', the "
+                                                        "default; 'rewrite' (--contrib-ops rewrite) moves it to the "
+                                                        "style, checked under onnxruntime)"))
+        else:
+            chosen.append(sg)
+    return chosen, kept
 
 
 def _fill_errors(report: OptimizeReport, errors: dict[str, tuple[float, float]]) -> None:
