@@ -166,6 +166,8 @@ def named_cases() -> list[Case]:
                                               score_outputs=("scaled", "softcapped", "masked", "weights"))),
     ]
     cases += position_cases() + cache_cases()
+    from attngraph.conformance.latent_cases import latent_cases  # it builds on this module's helpers
+    cases += latent_cases()
     for short, shape in MASK_SHAPES.items():
         cases.append(_core(f"mask_rank_{short}", f"a bool mask of shape {shape} broadcasts right-aligned",
                            mask="bool", mask_shape=shape))
