@@ -9,15 +9,16 @@ from collections.abc import Callable
 import numpy as np
 
 from attngraph.conformance.case import Case
-from attngraph.conformance.cases import _graph_case
 from attngraph.frontends.latent import latent_attention
 from attngraph.ir import Graph
+from attngraph.lowering.weights import Weights
 from attngraph.passes.absorb_mla import absorb_mla
+from attngraph.testing.random_inputs import random_inputs
 
 # hidden 32, 4 heads, latent rank 16, nope 8 + rope 4 (q/k head 12), value head 6: every width distinct
 MLA = {"hidden_size": 32, "num_heads": 4, "kv_lora_rank": 16, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
        "v_head_dim": 6}
-SIZES = {"q_len": 6}
+SIZES = {"batch": 2, "q_len": 6}
 
 
 def mla_graph(absorbed: bool, **knobs) -> Callable[[], Graph]:
@@ -44,8 +45,16 @@ def _latent_cache(lengths: list[int]) -> Callable[[dict], None]:
 
 
 def _case(name: str, pins: str, absorbed: bool, sizes: dict | None = None, edit=None, **knobs) -> Case:
-    # weights x3 so softmax rows are far from uniform (a wrong scale or rotation shows)
-    return _graph_case(name, pins, mla_graph(absorbed, **knobs), {**SIZES, **(sizes or {})}, edit, weight_scale=3.0)
+    make = mla_graph(absorbed, **knobs)
+
+    def build():
+        g = make()
+        inputs = random_inputs(g, {**SIZES, **(sizes or {})}, seed=0)
+        if edit:
+            edit(inputs)
+        # weights x3 so softmax rows are far from uniform (a wrong scale or rotation shows)
+        return g, {k: v * 3 for k, v in Weights.random(g, seed=0).items()}, inputs
+    return Case(name, pins, build, "float32", True)
 
 
 def latent_cases() -> list[Case]:
