@@ -65,11 +65,14 @@ def _rel(got, ref):
 
 
 CASES = [("v3", {"q_lora_rank": 16}), ("v3", {"q_lora_rank": None}), ("v3", {"q_lora_rank": 16, "rope_interleave": False}),
-         ("v2", {"q_lora_rank": 16}), ("v2", {"q_lora_rank": None, "attention_bias": True})]
+         ("v2", {"q_lora_rank": 16}), ("v2", {"q_lora_rank": None, "attention_bias": True}),
+         ("v3", {"q_lora_rank": 16, "rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                                       "original_max_position_embeddings": 32, "mscale": 1.0,
+                                                       "mscale_all_dim": 1.0, "beta_fast": 32, "beta_slow": 1}})]
 
 
-@pytest.mark.parametrize("family,extra", CASES, ids=[f"{f}-{'-'.join(f'{k}={v}' for k, v in e.items())}"
-                                                     for f, e in CASES])
+@pytest.mark.parametrize("family,extra", CASES, ids=["v3-q_lora", "v3-no_q_lora", "v3-rotate_half", "v2-q_lora",
+                                                    "v2-no_q_lora-bias", "v3-yarn_mscale"])
 def test_module_matches_on_every_backend(family, extra, backend):
     config = _config(family, **extra)
     attn, rotary = _module(family, config)
