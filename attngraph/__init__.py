@@ -39,6 +39,7 @@ from attngraph.frontends.constructors import (
     cross_attention,
     self_attention,
 )
+from attngraph.frontends.latent import latent_attention
 from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch
 from attngraph.frontends.transformers import from_transformers
@@ -55,6 +56,7 @@ from attngraph.lowering.registry import available_backends, get_backend, registe
 from attngraph.lowering.session import DecodeSession
 from attngraph.lowering.weights import Weights
 from attngraph.passes import PIPELINES, run_pipeline
+from attngraph.passes.absorb_mla import absorb_mla
 from attngraph.selection import select_backend
 from attngraph.version import __version__
 
@@ -66,4 +68,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "core_attention", "cross_attention", "export_onnx", "format_graph", "from_json", "from_onnx",
     "from_torch", "from_transformers", "get_backend", "load_graph", "register_backend", "run_pipeline", "save_graph",
     "select_backend", "self_attention", "to_json", "verify_graph",
+    "absorb_mla", "latent_attention",
 ]

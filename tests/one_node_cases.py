@@ -120,3 +120,10 @@ for _op in UNARY | BINARY_ARITHMETIC | COMPARISON:
     ONE_NODE[_op] = _elementwise(_op)
 ONE_NODE[Op.MOD] = lambda: _one(Op.MOD, [("x", "int64", ("batch", 4)), ("y", "int64", (4,))],
                                 [np.array([[-7, -1, 0, 9], [5, 13, -13, 2]]), np.array([4, 3, 5, 2])])
+# MLA's absorbed core: 4 q heads over one latent head, causal at a cache offset, key lengths (row 1 sees none)
+ONE_NODE[Op.LATENT_ATTENTION] = lambda: _one(
+    Op.LATENT_ATTENTION, [("ql", F32, ("batch", 4, "q_len", 6)), ("qr", F32, ("batch", 4, "q_len", 2)),
+                          ("c", F32, ("batch", 1, "kv", 6)), ("kr", F32, ("batch", 1, "kv", 2)),
+                          ("n", "int64", ("batch",))],
+    [_arr((2, 4, 3, 6)), _arr((2, 4, 3, 2)), _arr((2, 1, 5, 6)), _arr((2, 1, 5, 2)), np.array([5, 0])],
+    scale=0.4, causal=True, offset=2, operands=("lengths",))

@@ -43,6 +43,7 @@ class Op(enum.StrEnum):
     CACHE_UPDATE = "cache_update"  # cache (B,H,M,D) with new (B,H,S,D) written at [len_b, len_b+S); attrs: mode
     # ---- attention ops: fused
     ATTENTION = "attention"        # the whole core in one op; created by passes.fuse_attention
+    LATENT_ATTENTION = "latent_attention"  # MLA's absorbed core on the latent cache; created by passes.absorb_mla
     # ---- primitives: values
     CONST = "const"                # a scalar or 1-D constant (a symbolic dim's value too); attrs: value, dtype
     IOTA = "iota"                  # 0, 1, ..., length-1; attrs: length (may be symbolic), dtype

@@ -92,6 +92,16 @@ SEMANTICS: tuple[Rule, ...] = (
                                                                         "t5_causal_beyond_max_distance")),
     Rule("clamp (MPT's `clip_qkv`)", "`min(max(x, -c), c)` on the projected Q, K and V, before the head split",
          ("clamp_qkv",)),
+    Rule("multi-head latent attention (MLA, DeepSeek-V2/V3)", "q/k head = `qk_nope_head_dim + qk_rope_head_dim`, "
+         "scale `1/sqrt(qk_nope_head_dim + qk_rope_head_dim)` by default; the rotary embedding turns only the decoupled "
+         "`qk_rope_head_dim` dims of each query head and of the one rope key all heads share (`interleaved` pairs, as "
+         "DeepSeek; transformers' V3 writes the rotated pairs de-interleaved, which changes no score); the latent is "
+         "RMS-normed before it is cached; the cache holds the latent `(B, 1, M, kv_lora_rank)` and the rotated rope key "
+         "`(B, 1, M, qk_rope_head_dim)`, nothing else", ("mla_naive", "mla_q_lora_none", "mla_rope_decoupled",
+                                                         "mla_decode_static_cache", "mla_chunk_static_cache_naive")),
+    Rule("MLA absorbed form (`absorb_mla`)", "the same function as the naive form: `W_UK` (from `w_kv_b`) folded into "
+         "the query, `latent_attention` with the latent as key and value, `W_UV` after the weighted sum",
+         ("mla_naive", "mla_absorbed")),
 )
 
 

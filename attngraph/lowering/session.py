@@ -30,19 +30,25 @@ class DecodeSession:
     def __init__(self, graph: Graph, backend: str | Any = "numpy", *, weights: Mapping[str, np.ndarray] | None = None,
                  batch: int = 1, **options: Any) -> None:
         names = {v.name: v for v in graph.inputs}
-        if not {"past_key", "past_value", "cache_lengths"} <= set(names):
+        outputs = {v.name for v in graph.outputs}
+        # the cache buffers: each input past_X whose present_X is an output (past_key/past_value; MLA's
+        # past_latent/past_rope_key)
+        self._cache_names = tuple(n for n in names if n.startswith("past_") and f"present_{n[5:]}" in outputs)
+        if "cache_lengths" not in names or not self._cache_names:
             raise ConfigError(f"DecodeSession runs a static-cache graph (kv_cache='static' or 'rolling', inputs "
-                              f"past_key, past_value, cache_lengths); graph {graph.name} takes {sorted(names)}")
-        if not isinstance(names["past_key"].type.shape[2], int):
+                              f"past_key, past_value, cache_lengths; latent_attention: past_latent, past_rope_key, "
+                              f"cache_lengths); graph {graph.name} takes {sorted(names)}")
+        first_cache = names[self._cache_names[0]]
+        if not isinstance(first_cache.type.shape[2], int):
             raise ConfigError(f"DecodeSession allocates the cache itself: it needs a fixed max_len, but graph "
-                              f"{graph.name} leaves it to the caller ({names['past_key'].type}); build it with "
+                              f"{graph.name} leaves it to the caller ({first_cache.type}); build it with "
                               "max_len=N (an int)")
         self.graph = graph
         self.executable = compile_graph(graph, backend, weights=weights, **options)
         self.batch = int(batch)
-        self.max_len = int(names["past_key"].type.shape[2])
+        self.max_len = int(first_cache.type.shape[2])
         self._caches = {n: np.zeros(tuple(self.batch if d == "batch" else int(d) for d in names[n].type.shape),
-                                    to_numpy(names[n].type.dtype)) for n in ("past_key", "past_value")}
+                                    to_numpy(names[n].type.dtype)) for n in self._cache_names}
         self.lengths = np.zeros(self.batch, np.int64)
         self._rolling = any(n.op.value == "cache_update" and n.attr("mode") == "circular" for n in graph.nodes)
 
@@ -70,11 +76,10 @@ class DecodeSession:
         if not self._rolling and (self.lengths + np.asarray(x).shape[1] > self.max_len).any():
             raise InputError(f"the cache holds {self.max_len} tokens; rows at {list(self.lengths)} cannot take "
                              f"{np.asarray(x).shape[1]} more. Fix: a larger max_len, or reset()")
-        feed = {first: x, "past_key": self._caches["past_key"], "past_value": self._caches["past_value"],
-                "cache_lengths": self.lengths.copy(), **inputs}
+        feed = {first: x, **self._caches, "cache_lengths": self.lengths.copy(), **inputs}
         out = self.executable(feed)
-        for name, out_name in (("past_key", "present_key"), ("past_value", "present_value")):
-            result = np.asarray(out[out_name])
+        for name in self._cache_names:
+            result = np.asarray(out[f"present_{name[5:]}"])
             if not np.shares_memory(result, self._caches[name]):  # a backend that could not write in place
                 self._caches[name][...] = result
         self.lengths += added

@@ -66,6 +66,8 @@ def bounds_of(node: Node) -> list[Bound]:
     if node.op in (Op.MASK, Op.ATTENTION) and "lengths" in node.attr("operands"):
         first, kv = (1, ins[0].type.shape[3]) if node.op is Op.MASK else (3, ins[1].type.shape[2])
         return [Bound("lengths", ins[first + node.attr("operands").index("lengths")], (kv,))]
+    if node.op is Op.LATENT_ATTENTION and "lengths" in node.attr("operands"):
+        return [Bound("lengths", ins[4 + node.attr("operands").index("lengths")], (ins[2].type.shape[2],))]
     if node.op in (Op.ALIBI, Op.REL_BIAS) and node.attr("align") == "lengths":
         return [Bound("lengths", ins[-1], (ins[0].type.shape[3],))]
     if node.op is Op.ROTARY and "cos_sin" in node.attr("operands"):

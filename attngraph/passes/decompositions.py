@@ -9,7 +9,7 @@ Float math runs in the compute dtype (float32, or float64 for float64 graphs): i
 first and results cast back to the node's output dtype, the IR's precision rule.
 """
 
-from attngraph.passes import attention_decompositions, position_decompositions  # noqa: F401 - they register
+from attngraph.passes import attention_decompositions, latent_decompositions, position_decompositions  # noqa: F401
 from attngraph.passes.attention_decompositions import exact_dot, grouped_dot, keep_mask
 from attngraph.passes.decomposition_registry import DECOMPOSITIONS, USES, Decomposition, decomposes
 

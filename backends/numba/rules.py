@@ -129,3 +129,45 @@ def _flash(st, named, qc, kc, vc, offsets, lengths, common, biases, out, want, c
     flash_attention(qc, kc, vc, bias, keep, "bias" in named, "bool" in named, offsets, lengths, *common, block_q,
                     block_k, out, weights, want, *biases)
     return weights
+
+
+# ---- latent_attention (MLA's absorbed core): the latent-cache kernel (latent.py) -------------------------------
+# Keys per tile of the latent kernel: a 16-head, 512-rank step at 256 keys stays in BLAS's small-matrix path.
+LATENT_BLOCK_K = 256
+
+
+@rules.register(Op.LATENT_ATTENTION)
+def _latent_attention(ctx: NodeCtx, q_lat, q_rope, latent, rope_key, *ops):
+    from attngraph_backends.numba.latent import latent_decode
+
+    named = operands_of(ctx, ops)
+    st = ctx.state
+    cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
+    if "bool" in named or "bias" in named:  # a dense mask operand: the shared array rules, step by step
+        return _latent_dense(ctx, named, *(np.asarray(x, dtype=cd) for x in (q_lat, q_rope, latent, rope_key)))
+    qc, qr, cc, kr = (np.ascontiguousarray(x, dtype=cd) for x in (q_lat, q_rope, latent, rope_key))  # no cache copy
+    batch, hq, sq, r = qc.shape
+    keys = cc.shape[2]
+    lengths = np.asarray(named["lengths"], dtype=np.int64) if "lengths" in named else np.full(batch, keys, np.int64)
+    offsets = np.broadcast_to(np.asarray(mask_args(ctx, named, sq)["offset"], np.int64), (batch,)).copy()
+    out = np.empty((batch, hq, sq, r), cd)
+    if st.extra["threads"]:
+        numba.set_num_threads(int(st.extra["threads"]))
+    tasks = batch * cc.shape[1]
+    splits = max(1, min(-(-4 * numba.get_num_threads() // tasks), -(-keys // LATENT_BLOCK_K)))
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
+        latent_decode(qc, qr, cc, kr, offsets, lengths, cd.type(ctx.attr("scale")), bool(ctx.attr("causal")),
+                      int(ctx.attr("window_left")), int(ctx.attr("window_right")), LATENT_BLOCK_K, splits, out)
+    return out.astype(st.dtype(ctx.node.output.type.dtype), copy=False)
+
+
+def _latent_dense(ctx: NodeCtx, named: dict, q_lat, q_rope, latent, rope_key):
+    """latent_attention with a bool or additive mask: dense scores through the shared mask and softmax."""
+    from attngraph.array_math.gqa import grouped_matmul
+    from attngraph.array_math.masks import apply_mask
+    from attngraph.array_math.softmax import safe_softmax
+
+    s = (grouped_matmul(np, q_lat, latent, True) + grouped_matmul(np, q_rope, rope_key, True)) * ctx.attr("scale")
+    s = apply_mask(np, s, 0, named, **mask_args(ctx, named, s.shape[2]))
+    y = grouped_matmul(np, safe_softmax(np, s), latent, False, skip_zero_weights=True)
+    return y.astype(ctx.state.dtype(ctx.node.output.type.dtype), copy=False)

@@ -9,6 +9,7 @@ from attngraph.frontends.constructors import build_attention
 from attngraph.frontends.transformers import families_classic, rope
 from attngraph.frontends.transformers.families import ReadOptions, read_layer
 from attngraph.frontends.transformers.inputs import ImportedLayer
+from attngraph.frontends.transformers.latent import LATENT_CLASSES, import_latent_layer
 from attngraph.frontends.transformers.spec import LayerSpec, to_config
 from attngraph.frontends.transformers.weights import to_arrays
 from attngraph.ir import DType
@@ -45,6 +46,8 @@ def layer_spec(module: Any, config: Any = None, **options: Any) -> tuple[LayerSp
 
 def import_layer(module: Any, config: Any = None, **options: Any) -> ImportedLayer:
     """Import one attention module; see ``attngraph.from_transformers`` for the options."""
+    if type(module).__name__ in LATENT_CLASSES:  # multi-head latent attention: its own graph builder
+        return import_latent_layer(module, config, **options)
     spec, config = layer_spec(module, config, **options)
     opts = read_options(options)
     dtype = _DTYPES.get(str(next(module.parameters()).dtype))
