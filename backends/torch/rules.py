@@ -50,7 +50,6 @@ def _attention(ctx, q, k, v, *operands):
             plan_name = "lean"
         half_ok = plan_name == "sdpa_valid" and q.dtype in (torch.float16, torch.bfloat16)
         qc, kc, vc = (x if half_ok else compute(ctx, x, i) for i, x in enumerate((q, k, v)))
-        ctx.state.extra["last_plan"] = plan_name  # for inspection (tests, ``attngraph show``-style tools)
         return out(ctx, P.run_decode_plan(plan_name, qc, kc, vc, lengths, scale=scale))
     if q.shape[2] <= EXPLICIT_MAX_QUERIES:
         # a decode step: the explicit chunk reads K and V once each and checks only its small output,
