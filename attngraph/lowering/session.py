@@ -21,6 +21,7 @@ import numpy as np
 from attngraph.errors import ConfigError, InputError
 from attngraph.ir import Graph
 from attngraph.ir.dtypes import to_numpy
+from attngraph.lowering.buffers import aligned_zeros
 from attngraph.lowering.compile import compile as compile_graph
 
 
@@ -47,9 +48,14 @@ class DecodeSession:
         self.executable = compile_graph(graph, backend, weights=weights, **options)
         self.batch = int(batch)
         self.max_len = int(first_cache.type.shape[2])
-        self._caches = {n: np.zeros(tuple(self.batch if d == "batch" else int(d) for d in names[n].type.shape),
-                                    to_numpy(names[n].type.dtype)) for n in self._cache_names}
+        # 64-byte aligned: torch's MKL streams such a cache faster (buffers.py); zeros: see the module docstring
+        self._caches = {n: aligned_zeros(tuple(self.batch if d == "batch" else int(d) for d in names[n].type.shape),
+                                         to_numpy(names[n].type.dtype)) for n in self._cache_names}
         self.lengths = np.zeros(self.batch, np.int64)
+        # The steady state of a step builds nothing here: the feed and its lengths buffer are made once (a
+        # backend may keep a view of the lengths it was given, so it gets a copy the session refills in place)
+        self._fed_lengths = np.zeros(self.batch, np.int64)
+        self._feed = {**self._caches, "cache_lengths": self._fed_lengths}
         self._rolling = any(n.op.value == "cache_update" and n.attr("mode") == "circular" for n in graph.nodes)
 
     def reset(self) -> None:
@@ -69,19 +75,21 @@ class DecodeSession:
 
     def step(self, x: np.ndarray, **inputs: Any) -> np.ndarray:
         """One new token per row: ``x`` is (batch, 1, d_model) (or the graph's first input's shape)."""
-        return self._run(x, np.full(self.batch, np.asarray(x).shape[1], np.int64), inputs)
+        return self._run(x, np.asarray(x).shape[1], inputs)
 
-    def _run(self, x: np.ndarray, added: np.ndarray, inputs: dict) -> np.ndarray:
-        first = self.graph.inputs[0].name
-        if not self._rolling and (self.lengths + np.asarray(x).shape[1] > self.max_len).any():
-            raise InputError(f"the cache holds {self.max_len} tokens; rows at {list(self.lengths)} cannot take "
-                             f"{np.asarray(x).shape[1]} more. Fix: a larger max_len, or reset()")
-        feed = {first: x, **self._caches, "cache_lengths": self.lengths.copy(), **inputs}
+    def _run(self, x: np.ndarray, added: np.ndarray | int, inputs: dict) -> np.ndarray:
+        # No overflow check here: the Executable's value checks (value_checks.py) refuse a step past max_len,
+        # naming the row, its length and the fix -- one check, in one place, for sessions and direct calls.
+        feed = self._feed
+        feed[self.graph.inputs[0].name] = x
+        if inputs:
+            feed = {**feed, **inputs}
+        self._fed_lengths[...] = self.lengths
         out = self.executable(feed)
         for name in self._cache_names:
-            result = np.asarray(out[f"present_{name[5:]}"])
-            if not np.shares_memory(result, self._caches[name]):  # a backend that could not write in place
+            result = out[f"present_{name[5:]}"]
+            # a backend that could not write in place (may_share_memory: bounds only, O(1))
+            if not np.may_share_memory(np.asarray(result), self._caches[name]):
                 self._caches[name][...] = result
         self.lengths += added
         return out[self.graph.outputs[0].name]
-

@@ -7,6 +7,7 @@ from __future__ import annotations
 import array_api_compat.torch as xp
 import torch
 from attngraph_backends.torch import kernels as K
+from attngraph_backends.torch import plans as P
 
 from attngraph.array_math.attention import chunked_attention, trim_keys
 from attngraph.array_math.positions import PositionBiases
@@ -42,6 +43,14 @@ def _attention(ctx, q, k, v, *operands):
         plan = "explicit"
     if biases and plan != "explicit":  # ALiBi / T5 bias: SDPA with the bias as its float mask, chunk by chunk
         plan = "position_bias"
+    lean = _decode_plan(q, k, named, mask, softcap, want, biases)
+    if lean is not None:  # a plain decode step: the valid keys as a slice, no mask, no copy (plans.py)
+        plan_name, lengths = lean
+        if plan_name == "sdpa_valid" and not ctx.state.extra["sdpa"]:  # sdpa=False: no SDPA call at all
+            plan_name = "lean"
+        half_ok = plan_name == "sdpa_valid" and q.dtype in (torch.float16, torch.bfloat16)
+        qc, kc, vc = (x if half_ok else compute(ctx, x, i) for i, x in enumerate((q, k, v)))
+        return out(ctx, P.run_decode_plan(plan_name, qc, kc, vc, lengths, scale=scale))
     if q.shape[2] <= EXPLICIT_MAX_QUERIES:
         # a decode step: the explicit chunk reads K and V once each and checks only its small output,
         # where SDPA would first need a finiteness pass over the whole cache (below) -- 3x the bytes
@@ -64,6 +73,19 @@ def _attention(ctx, q, k, v, *operands):
                                    compute=ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype),
                                    max_bytes=ctx.state.max_scores_bytes, device=q.device, biases=biases, **mask)
     return (out(ctx, y), out(ctx, weights, 1)) if want else out(ctx, y)
+
+
+def _decode_plan(q, k, named, mask, softcap, want, biases):
+    """(plan, host lengths) when ``plans.decode_plan`` takes this step, else None."""
+    batch, _, q_len, _ = q.shape
+    if q_len > P.DECODE_MAX_QUERIES or batch == 0 or softcap or want or biases or set(named) - {"lengths"}:
+        return None  # decided before any host sync
+    lengths = P.host_ints(named["lengths"], batch) if "lengths" in named else [k.shape[2]] * batch
+    offsets = P.host_ints(mask["offset"], batch)
+    plan = P.decode_plan(q.device.type, q_len, k.shape[2], lengths, offsets, operands=named, softcap=softcap,
+                         return_weights=want, has_biases=bool(biases), causal=mask["causal"],
+                         window_left=mask["window_left"], window_right=mask["window_right"])
+    return None if plan is None else (plan, lengths)
 
 
 def _tables(named: dict) -> tuple:

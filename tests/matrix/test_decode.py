@@ -110,7 +110,7 @@ def test_session_refuses_overflow():
     graph = ag.causal_self_attention(32, 8, kv_cache="static", max_len=4)
     session = ag.DecodeSession(graph, "numpy", weights=ag.Weights.random(graph, seed=0))
     session.prefill(np.zeros((1, 4, 32), np.float32))
-    with pytest.raises(InputError, match="holds 4 tokens"):
+    with pytest.raises(InputError, match="cache overflow: row 0 holds 4 entries"):
         session.step(np.zeros((1, 1, 32), np.float32))
     session.reset()
     assert session.lengths.tolist() == [0]
