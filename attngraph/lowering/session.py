@@ -56,7 +56,6 @@ class DecodeSession:
         # backend may keep a view of the lengths it was given, so it gets a copy the session refills in place)
         self._fed_lengths = np.zeros(self.batch, np.int64)
         self._feed = {**self._caches, "cache_lengths": self._fed_lengths}
-        self._rolling = any(n.op.value == "cache_update" and n.attr("mode") == "circular" for n in graph.nodes)
 
     def reset(self) -> None:
         """Forget every row's cached tokens (the buffers are kept and zeroed)."""
