@@ -38,7 +38,7 @@ def _args(argv):
     p.add_argument("--kv-heads", type=int, default=8, help="kv heads")
     p.add_argument("--head-dim", type=int, default=128, help="head dim")
     p.add_argument("--flat-length", type=int, default=1024, help="valid length of the max_len sweep")
-    p.add_argument("--flat-max-lens", type=int, nargs="+", default=[1024, 4096, 16384],
+    p.add_argument("--flat-max-lens", type=int, nargs="*", default=[1024, 4096, 16384],
                    help="max_len values of the sweep (empty to skip it)")
     p.add_argument("--rounds", type=int, default=9, help="round-robin rounds per shape")
     p.add_argument("--budget", type=float, default=60.0, help="seconds per shape (at least 3 rounds)")

@@ -21,8 +21,9 @@ from attngraph.errors import AttnGraphError, ConfigError, LoweringError
 from attngraph.ir import DType, Graph, Node, Op, Value
 from attngraph.ir.specs import uses_symbols
 from attngraph.ir.verify import verify_graph
-from attngraph.lowering.checking import check_inputs, native_byte_order
+from attngraph.lowering.checking import native_byte_order
 from attngraph.lowering.rules import Rules, interpret
+from attngraph.lowering.signatures import CheckedSignatures
 from attngraph.lowering.value_checks import ValueChecks
 from attngraph.lowering.weights import Weights
 from attngraph.passes.decompose import covered_ops, decompose
@@ -59,10 +60,14 @@ class Executable:
     run: Callable[[dict[str, Any], dict[str, int]], dict[str, Any]]
     options: dict[str, Any] = field(default_factory=dict)
     value_checks: ValueChecks | None = None
+    # check_inputs per input signature (signatures.py): a decode loop's repeated call skips the shape walk
+    checked: CheckedSignatures | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.value_checks is None:
             self.value_checks = ValueChecks(self.graph)
+        if self.checked is None:
+            self.checked = CheckedSignatures(self.graph)
 
     @property
     def input_names(self) -> list[str]:
@@ -74,7 +79,7 @@ class Executable:
 
     def __call__(self, inputs: Mapping[str, Any] | None = None, /, **named: Any) -> dict[str, Any]:
         given = native_byte_order({**(inputs or {}), **named})
-        bound = check_inputs(self.graph, given)
+        bound = self.checked(given)
         self.value_checks(given, bound)
         return self.run(given, bound)
 
