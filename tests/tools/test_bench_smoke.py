@@ -52,3 +52,23 @@ def test_generate_bench_quick_runs_every_contender(tmp_path):
     assert len(rows) == 2 * len(names), text  # the speed table and the attention split
     assert all(r.rstrip(" |").endswith("yes") for r in rows[:len(names) - 1]), text  # tokens = eager
     assert "Where the time goes" in text and "%" in rows[-1]
+
+
+def test_latent_bench_quick_runs_every_contender(tmp_path):
+    """``python -m bench.latent --quick``: the MLA core step on every backend beside the hand-written torch core,
+    the layer step beside transformers' DeepseekV3Attention, each with its error against the float64 reference
+    (the core) or eager (the layer) and its ratio to the bandwidth floor."""
+    out = tmp_path / "latent.md"
+    cmd = [sys.executable, "-m", "bench.latent", "--quick", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    core = [f"attngraph-{b}" for b in ("numba", "numpy", "torch", "onnx")] + ["torch absorbed core by hand"]
+    layer = ["transformers DeepseekV3Attention sdpa", "attngraph-numba absorbed", "attngraph-numba naive"]
+    for name in core + layer:
+        row = next((line for line in text.splitlines() if line.startswith(f"| {name} |")), None)
+        assert row is not None, f"no row for {name}:\n{text}"
+        err = float(row.rstrip(" |").split("|")[-1])
+        assert err < 1e-5, row
+    assert "x the floor" in text and "bytes read by the step" in text
