@@ -57,3 +57,11 @@ def check_varlen(plans, given: Mapping[str, Any], sizes: Mapping[str, int]) -> N
     """Every cu_seqlens input of the plans against the packed length bound at this call."""
     for name, what, dim in plans:
         check_cu_seqlens(name, what, host_array(given[name]), dims.evaluate(dim, sizes))
+
+
+def random_cu_seqlens(rng: np.random.Generator, entries: int, total: int, dtype) -> np.ndarray:
+    """A valid random ``cu_seqlens`` of ``entries`` values cutting ``total`` packed positions (``random_inputs``)."""
+    if entries < 2:  # no sequence (valid only for an empty packed axis)
+        return np.zeros(entries, dtype)
+    cuts = np.sort(rng.integers(0, total + 1, size=entries - 2))
+    return np.concatenate([[0], cuts, [total]]).astype(dtype)
