@@ -17,7 +17,6 @@ import numpy as np
 
 from attngraph.errors import InputError
 from attngraph.ir import Graph, Op, dims
-from attngraph.lowering.value_checks import host_array
 
 
 def varlen_plans(graph: Graph) -> tuple[tuple[str, str, Any], ...]:
@@ -53,10 +52,15 @@ def check_cu_seqlens(name: str, what: str, values: np.ndarray, total: int) -> No
                          f"entry to be {total}. {fix}")
 
 
+def _host(x: Any) -> np.ndarray:
+    """``x`` (a NumPy array, a torch tensor on any device, an array-like) as a NumPy array."""
+    return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
+
+
 def check_varlen(plans, given: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
     """Every cu_seqlens input of the plans against the packed length bound at this call."""
     for name, what, dim in plans:
-        check_cu_seqlens(name, what, host_array(given[name]), dims.evaluate(dim, sizes))
+        check_cu_seqlens(name, what, _host(given[name]), dims.evaluate(dim, sizes))
 
 
 def random_cu_seqlens(rng: np.random.Generator, entries: int, total: int, dtype) -> np.ndarray:

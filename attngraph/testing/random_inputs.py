@@ -10,6 +10,7 @@ from attngraph.errors import InputError
 from attngraph.ir import DType, Graph, dims
 from attngraph.ir.dtypes import to_numpy
 from attngraph.lowering.value_checks import bounds_of
+from attngraph.lowering.varlen_checks import random_cu_seqlens, varlen_plans
 
 
 def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -35,7 +36,6 @@ def random_inputs(graph: Graph, sizes: Mapping[str, int], seed: int = 0) -> dict
             out[value.name] = rng.integers(min(1, total), total + 1, size=shape).astype(to_numpy(dt))
         else:
             out[value.name] = rng.standard_normal(shape).astype(to_numpy(dt))
-    from attngraph.lowering.varlen_checks import random_cu_seqlens, varlen_plans
     for name, _what, dim in varlen_plans(graph):  # packed sequences: valid cumulative lengths, not random ints
         out[name] = random_cu_seqlens(rng, out[name].shape[0], dims.evaluate(dim, sizes), out[name].dtype)
     return out
