@@ -171,3 +171,27 @@ def _latent_dense(ctx: NodeCtx, named: dict, q_lat, q_rope, latent, rope_key):
     s = apply_mask(np, s, 0, named, **mask_args(ctx, named, s.shape[2]))
     y = grouped_matmul(np, safe_softmax(np, s), latent, False, skip_zero_weights=True)
     return y.astype(ctx.state.dtype(ctx.node.output.type.dtype), copy=False)
+
+
+# ---- varlen_attention (packed variable-length sequences): per-sequence tiles (varlen.py) -------------------------
+
+@rules.register(Op.VARLEN_ATTENTION)
+def _varlen_attention(ctx: NodeCtx, q, k, v, cu_q, cu_k):
+    from attngraph_backends.numba.varlen import plan_tiles, varlen_attention
+
+    st = ctx.state
+    cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
+    qc, kc, vc = (np.ascontiguousarray(x[0], dtype=cd) for x in (q, k, v))  # the batch axis is 1: (H, T, D)
+    cq, ck = np.ascontiguousarray(cu_q, np.int64), np.ascontiguousarray(cu_k, np.int64)
+    hq, dv = qc.shape[0], vc.shape[2]
+    causal, bottom_right = bool(ctx.attr("causal")), ctx.attr("align") == "bottom_right"
+    block_q = int(st.extra["block_q"])
+    block_k = int(st.extra["block_k"]) or auto_block_k(block_q, max(kc.shape[2], dv))
+    out = np.zeros((hq, qc.shape[1], dv), cd)
+    if st.extra["threads"]:
+        numba.set_num_threads(int(st.extra["threads"]))
+    tiles = plan_tiles(cq, ck, hq, block_q, causal, bottom_right)
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
+        varlen_attention(qc, kc, vc, cq, ck, tiles, max(1, min(numba.get_num_threads(), len(tiles))),
+                         cd.type(ctx.attr("scale")), causal, bottom_right, block_q, block_k, out)
+    return out[None].astype(st.dtype(ctx.node.output.type.dtype), copy=False)
