@@ -1,0 +1,122 @@
+"""Packed variable-length batches (``varlen_attention``): the conformance cases on every backend (as built and
+after O1, both ONNX export styles), every backend against an independent per-sequence oracle, bad cu_seqlens
+refused by name, the numba kernel's own rule and tiling, the exported ONNX model run by onnxruntime alone."""
+
+from __future__ import annotations
+
+import numpy as np
+import oracle
+import pytest
+from conftest import assert_close, rand
+
+import attngraph as ag
+from attngraph.conformance import run_conformance, targets_for
+from attngraph.conformance.varlen_cases import cu, varlen_cases
+from attngraph.errors import ConfigError, GraphError, InputError
+from attngraph.ir import Op
+
+
+def test_varlen_cases_pass_on_every_backend(backend):
+    results = run_conformance(varlen_cases(), targets_for([backend.name], ("O0", "O1")), progress=False)
+    failed = [f"{r.case} {r.target}: {r.detail}" for r in results if r.status != "passed"]
+    assert not failed, failed
+    assert {r.case for r in results} == {c.name for c in varlen_cases()}
+
+
+def _packed(rng, q_lens, k_lens, hq=4, hkv=2, d=8, dv=8):
+    cu_q, cu_k = cu(q_lens), cu(k_lens)
+    return {"q": rand(rng, (1, hq, cu_q[-1], d)), "k": rand(rng, (1, hkv, cu_k[-1], d)),
+            "v": rand(rng, (1, hkv, cu_k[-1], dv)), "cu_seqlens_q": np.asarray(cu_q, np.int32),
+            "cu_seqlens_k": np.asarray(cu_k, np.int32)}
+
+
+def _per_sequence(inputs, causal, align):
+    """The independent oracle (tests/oracle.py) run on each sequence alone, rows concatenated."""
+    cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    out = np.zeros(q.shape[:3] + (v.shape[3],))
+    for s in range(len(cu_q) - 1):
+        q0, q1, k0, k1 = (int(x) for x in (cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]))
+        offset = (k1 - k0) - (q1 - q0) if align == "bottom_right" else 0
+        y, _ = oracle.core(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], causal=causal, offset=offset)
+        out[:, :, q0:q1] = y
+    return out
+
+
+@pytest.mark.parametrize("causal,align", [(False, "bottom_right"), (True, "bottom_right"), (True, "top_left")])
+def test_every_backend_matches_the_per_sequence_oracle(backend, causal, align):
+    rng = np.random.default_rng(7)
+    inputs = _packed(rng, [5, 0, 1, 9, 3], [7, 2, 0, 4, 3])
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=causal, align=align)
+    got = ag.compile(g, backend)(inputs)["y"]
+    assert_close(got, _per_sequence(inputs, causal, align), "float32", f"varlen {align} causal={causal}")
+
+
+def test_bottom_right_and_top_left_differ_where_q_len_differs_from_k_len():
+    """The alignment is not cosmetic: with q_len != k_len the two give different rows (a negative control)."""
+    inputs = _packed(np.random.default_rng(3), [2, 4], [5, 2])
+    br = ag.compile(ag.varlen_attention(4, 8, num_kv_heads=2, causal=True), "numpy")(inputs)["y"]
+    tl = ag.compile(ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align="top_left"), "numpy")(inputs)["y"]
+    assert not np.allclose(br, tl)
+    assert np.all(br[0, :, 2:4] == 0)  # sequence 1: 4 queries over 2 keys, bottom-right: its first 2 rows see none
+
+
+BAD = {
+    "not_starting_at_0": ([1, 3, 5], [0, 2, 5], "cu_seqlens_q", "starts at 1"),
+    "decreasing": ([0, 4, 3, 5], [0, 2, 4, 5], "cu_seqlens_q", "decreases"),
+    "last_is_not_total": ([0, 2, 5], [0, 2, 4], "cu_seqlens_k", "ends at 4"),
+    "q_and_k_batches_differ": ([0, 2, 5], [0, 2, 4, 5], "cu_seqlens_k", "cu_len"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD))
+def test_bad_cu_seqlens_is_an_input_error_naming_it(backend, kind):
+    cu_q, cu_k, name, says = BAD[kind]
+    run = ag.compile(ag.varlen_attention(2, 4, causal=True), backend)
+    z = np.zeros((1, 2, 5, 4), np.float32)
+    with pytest.raises(InputError, match=says) as e:
+        run(q=z, k=z, v=z, cu_seqlens_q=np.asarray(cu_q, np.int32), cu_seqlens_k=np.asarray(cu_k, np.int32))
+    assert repr(name) in str(e.value) and "Fix" in str(e.value)
+
+
+def test_bad_configurations_are_refused_by_name():
+    with pytest.raises(ConfigError, match="align"):
+        ag.varlen_attention(2, 4, causal=True, align="bottom-right")
+    with pytest.raises(ConfigError, match="multiple"):
+        ag.varlen_attention(3, 4, num_kv_heads=2)
+    b = ag.GraphBuilder("batched")
+    q = b.input("q", "float32", (2, 2, "t", 4))
+    c = b.input("c", "int32", ("n",))
+    with pytest.raises(GraphError, match="batch axis must be 1"):
+        b.op(Op.VARLEN_ATTENTION, q, q, q, c, c, scale=0.5)
+
+
+def test_numba_runs_its_own_kernel_with_tiles_inside_each_sequence():
+    pytest.importorskip("numba")
+    from attngraph_backends.numba.varlen import plan_tiles
+
+    g = ag.varlen_attention(2, 8, causal=True)
+    assert [n.op for n in ag.compile(g, "numba").graph.nodes] == [Op.VARLEN_ATTENTION]  # not the dense mask
+    cu_q = np.array(cu([130, 0, 1, 64]))
+    tiles = plan_tiles(cu_q, cu_q, 2, 64, True, True)
+    # every query row of every head in exactly one tile, and no tile for the empty sequence
+    assert sorted(map(tuple, tiles[:, :2].tolist())) == sorted((h, s) for h in range(2) for s, n in
+                                                            ((0, 3), (2, 1), (3, 1)) for _ in range(n))
+    assert {tuple(t) for t in tiles[:, 1:].tolist()} == {(0, 0), (0, 64), (0, 128), (2, 0), (3, 0)}
+
+
+def test_exported_onnx_runs_in_onnxruntime_alone(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True)
+    inputs = _packed(np.random.default_rng(5), [3, 0, 6], [4, 2, 6])
+    path = ag.export_onnx(g, tmp_path / "varlen.onnx")
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+    assert_close(got, _per_sequence(inputs, True, "bottom_right"), "float32", "onnxruntime")
+
+
+def test_json_round_trip_is_bitwise_equal():
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align="top_left")
+    inputs = _packed(np.random.default_rng(2), [3, 4], [4, 1])
+    a = ag.compile(g, "numpy")(inputs)["y"]
+    b = ag.compile(ag.from_json(ag.to_json(g)), "numpy")(inputs)["y"]
+    assert np.array_equal(a, b)
