@@ -120,3 +120,14 @@ def test_json_round_trip_is_bitwise_equal():
     a = ag.compile(g, "numpy")(inputs)["y"]
     b = ag.compile(ag.from_json(ag.to_json(g)), "numpy")(inputs)["y"]
     assert np.array_equal(a, b)
+
+
+def test_selection_prefers_the_kernel_that_skips_cross_sequence_work():
+    from attngraph.selection import problem_of
+
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True)
+    p = problem_of(g, {"total_q": 300, "total_k": 400})
+    assert (p.varlen, p.heads, p.q_len, p.kv_len, p.head_dim, p.causal) == (True, 4, 300, 400, 8, True)
+    s = ag.select_backend(g)
+    if not s.hardware.cuda and "numba" in s.hardware.backends:
+        assert (s.rule, s.choice) == ("cpu-varlen", "numba")
