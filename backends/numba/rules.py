@@ -36,7 +36,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _KERNEL_LOCK = threading.Lock()
 _BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
 
-rules = numpy_rules.extended("numba", without=(Op.ATTENTION,))
+rules = numpy_rules.extended("numba", without=(Op.ATTENTION, Op.VARLEN_ATTENTION))
 
 # OpenBLAS runs a product through its lock-free small-matrix kernel only while M*N*K <= 1e6; above
 # that, BLAS calls from the kernel's threads serialise on a lock (measured: 2.4x slower with two
