@@ -5,8 +5,10 @@ Eight sequences of mixed lengths (default 64 .. 2048), fp32, ``heads`` q heads o
 
 * ``attngraph-numba varlen``: ``varlen_attention`` on the packed batch (numba's per-sequence tiles);
 * ``attngraph-numba padded``: ``core_attention(causal, key_padding)`` on the batch padded to the longest sequence;
-* ``attngraph-torch varlen``: ``varlen_attention`` on the torch backend (its decomposition: a block-diagonal bool
-  mask, then SDPA);
+* ``attngraph-torch varlen`` / ``attngraph-numpy varlen``: ``varlen_attention`` on the torch / numpy backend (one
+  attention per sequence on its own slices: SDPA, or NumPy's chunked attention);
+* ``attngraph-onnx varlen``: the exported default decomposition (a dense block-diagonal bool mask) under
+  onnxruntime;
 * ``torch SDPA block-diagonal``: ``scaled_dot_product_attention`` on the packed batch with a (T, T) bool
   block-diagonal causal mask;
 * ``torch SDPA padded``: ``scaled_dot_product_attention(is_causal=True)`` on the padded batch.
@@ -116,6 +118,8 @@ def contenders(args):
     numba_varlen = ag.compile(varlen, "numba", threads=args.threads)
     numba_padded = ag.compile(padded, "numba", threads=args.threads)
     torch_varlen = ag.compile(varlen, "torch")
+    numpy_varlen = ag.compile(varlen, "numpy")
+    onnx_varlen = ag.compile(varlen, "onnx")
     total = int(cu[-1])
     tq, tk, tv = (torch.from_numpy(x) for x in (q, np.repeat(k, hq // hkv, 1), np.repeat(v, hq // hkv, 1)))
     tmask = torch.from_numpy(_block_diagonal_causal(cu, total))
@@ -133,6 +137,8 @@ def contenders(args):
         "attngraph-numba padded": lambda: _unpad(numba_padded(q=pq, k=pk, v=pv, key_lengths=key_lengths)["y"],
                                                  lengths),
         "attngraph-torch varlen": lambda: torch_varlen(feed)["y"],
+        "attngraph-numpy varlen": lambda: numpy_varlen(feed)["y"],
+        "attngraph-onnx varlen": lambda: onnx_varlen(feed)["y"],
         "torch SDPA block-diagonal": no_grad(lambda: sdpa(tq, tk, tv, attn_mask=tmask).numpy()),
         "torch SDPA padded": no_grad(lambda: _unpad(sdpa(tpq, tpk, tpv, is_causal=True).numpy(), lengths)),
     }, (q, k, v, cu)
@@ -164,10 +170,12 @@ def main(argv=None) -> int:
     # dense (T, T) mask (nothing skipped)
     work = {"varlen": sum(n * (n + 1) / 2 for n in lengths),
             "numba padded": sum(n * (n + 1) / 2 + (m - n) * n for n in lengths),
-            "padded": len(lengths) * m * (m + 1) / 2, "dense": real ** 2}
+            "padded": len(lengths) * m * (m + 1) / 2, "dense": real ** 2,
+            "varlen_full": sum(n * n for n in lengths)}  # numpy's chunked attention: the causal half is masked
     ratio = {key: f"{w / max(work['varlen'], 1):.2f}" for key, w in work.items()}
     expect = {"attngraph-numba varlen": "1", "attngraph-numba padded": ratio["numba padded"],
-              "attngraph-torch varlen": ratio["dense"], "torch SDPA block-diagonal": ratio["dense"],
+              "attngraph-torch varlen": "1", "attngraph-numpy varlen": ratio["varlen_full"],
+              "attngraph-onnx varlen": ratio["dense"], "torch SDPA block-diagonal": ratio["dense"],
               "torch SDPA padded": ratio["padded"]}
     base = timings["attngraph-numba varlen"].median_ms
     rows = [[name, f"{t.median_ms:.2f}", t.spread, f"{t.median_ms / base:.2f}", expect[name], f"{errors[name]:.1e}"]

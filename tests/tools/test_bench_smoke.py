@@ -83,8 +83,8 @@ def test_varlen_bench_quick_runs_every_contender(tmp_path):
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = out.read_text()
-    names = ["attngraph-numba varlen", "attngraph-numba padded", "attngraph-torch varlen", "torch SDPA block-diagonal",
-             "torch SDPA padded"]
+    names = ["attngraph-numba varlen", "attngraph-numba padded", "attngraph-torch varlen", "attngraph-numpy varlen",
+             "attngraph-onnx varlen", "torch SDPA block-diagonal", "torch SDPA padded"]
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
     assert set(names) <= set(rows), text
     for name in names:
