@@ -55,4 +55,6 @@ def varlen_cases() -> list[Case]:
         _case("varlen_block_edges", "sequence lengths on and off 64-row kernel blocks (1, 63, 64, 65, 0, 129), "
               "causal bottom-right", [1, 63, 64, 65, 0, 129], [1, 63, 70, 65, 5, 129], causal=True, heads=2,
               head_dim=16, quick=False),
+        _case("varlen_causal_float16", "packed causal attention stored in float16, computed in float32", [3, 0, 6],
+              [5, 2, 6], causal=True, num_kv_heads=2, dtype="float16", quick=False),
     ]
