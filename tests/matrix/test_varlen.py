@@ -137,3 +137,16 @@ def test_selection_prefers_the_kernel_that_skips_cross_sequence_work():
     s = ag.select_backend(g)
     if not s.hardware.cuda and "numba" in s.hardware.backends:
         assert (s.rule, s.choice) == ("cpu-varlen", "numba")
+
+
+def test_random_inputs_give_valid_cu_seqlens_at_the_usual_size_flags():
+    """``attngraph run`` sizes (batch, q_len, kv_len) become ``batch`` packed sequences with valid cu_seqlens."""
+    from attngraph.testing.random_inputs import random_inputs
+
+    g = ag.varlen_attention(2, 4, causal=True)
+    inputs = random_inputs(g, {"batch": 3, "q_len": 5, "kv_len": 7}, seed=1)
+    assert inputs["q"].shape == (1, 2, 15, 4) and inputs["k"].shape == (1, 2, 21, 4)
+    for name, total in (("cu_seqlens_q", 15), ("cu_seqlens_k", 21)):
+        cu_ = inputs[name]
+        assert cu_.shape == (4,) and cu_[0] == 0 and cu_[-1] == total and np.all(np.diff(cu_) >= 0)
+    assert_close(ag.compile(g, "numpy")(inputs)["y"], _per_sequence(inputs, True, "bottom_right"), "float32")
