@@ -150,3 +150,13 @@ def test_random_inputs_give_valid_cu_seqlens_at_the_usual_size_flags():
         cu_ = inputs[name]
         assert cu_.shape == (4,) and cu_[0] == 0 and cu_[-1] == total and np.all(np.diff(cu_) >= 0)
     assert_close(ag.compile(g, "numpy")(inputs)["y"], _per_sequence(inputs, True, "bottom_right"), "float32")
+
+
+@pytest.mark.parametrize("align", ["bottom_right", "top_left"])
+def test_numba_small_tiles_cross_the_causal_frontier_inside_each_sequence(align):
+    """8x8 tiles: many query blocks per sequence, blocks cut by the frontier, sequences shorter than a tile."""
+    pytest.importorskip("numba")
+    inputs = _packed(np.random.default_rng(11), [17, 3, 0, 8, 30], [9, 20, 4, 8, 31])
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align=align)
+    got = ag.compile(g, "numba", block_q=8, block_k=8)(inputs)["y"]
+    assert_close(got, _per_sequence(inputs, True, align), "float32", f"numba 8x8 tiles {align}")
