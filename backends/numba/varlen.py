@@ -1,9 +1,10 @@
 """Numba kernel of ``varlen_attention``: packed variable-length sequences, per-sequence tiles only.
 
 The default decomposition computes every packed query against every packed key and masks the cross-sequence
-pairs; this kernel never visits them. Work is (q head, sequence, query block) tiles; a tile walks only its own
-sequence's key blocks, and with ``causal`` only those up to its last row's frontier (``local_i + offset_s``,
-``offset_s = len_k - len_q`` bottom-right, ``0`` top-left). Time is then in proportion to
+pairs; this kernel never visits them. Work is (kv head, sequence, query block) tiles, the q heads of the kv
+head stacked as rows (GQA reads each key block once per group); a tile walks only its own sequence's key blocks,
+and with ``causal`` only those up to its last query's frontier (``local_i + offset_s``, ``offset_s = len_k - len_q``
+bottom-right, ``0`` top-left). Time is then in proportion to
 ``sum_s len_q(s) * len_k(s)`` (about half of that causal), not to ``total_q * total_k``.
 
 K is packed once into transposed blocks that start at each sequence's first key (so no block straddles two
@@ -42,8 +43,10 @@ def pack_varlen_key_blocks(k, cu_k, block_k):
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
 def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, block_q, block_k, out):
-    """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (q head, sequence,
-    first local query), ordered largest first; worker w runs tiles w, w + workers, ... Writes ``out`` (Hq, Tq, Dv)."""
+    """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (kv head, sequence,
+    first local query), ordered largest first; worker w runs tiles w, w + workers, ... A tile stacks the
+    ``Hq / Hkv`` q heads of its kv head over ``block_q`` queries as its rows (GQA: each key block is read once for
+    the group). Writes ``out`` (Hq, Tq, Dv)."""
     hq, _, d = q.shape
     hkv, tk, dv = k.shape[0], k.shape[1], v.shape[2]
     group = hq // hkv
@@ -51,30 +54,33 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
     v_flat = v.reshape(hkv, tk * dv)
     n_tiles = tiles.shape[0]
     for w in prange(workers):
-        s_flat = np.empty(block_q * block_k, dtype=q.dtype)
-        pv_flat = np.empty(block_q * dv, dtype=q.dtype)
+        s_flat = np.empty(group * block_q * block_k, dtype=q.dtype)
+        pv_flat = np.empty(group * block_q * dv, dtype=q.dtype)
+        qb_flat = np.empty(group * block_q * d, dtype=q.dtype)
         for t in range(w, n_tiles, workers):
-            h, s, i0 = tiles[t, 0], tiles[t, 1], tiles[t, 2]
+            kvh, s, i0 = tiles[t, 0], tiles[t, 1], tiles[t, 2]
             q0, k0 = cu_q[s], cu_k[s]
             len_q, len_k = cu_q[s + 1] - q0, cu_k[s + 1] - k0
             i1 = min(len_q, i0 + block_q)
-            rows = i1 - i0
+            rq = i1 - i0
+            rows = group * rq  # row g * rq + a: q head kvh * group + g, local query i0 + a
             off = len_k - len_q if bottom_right else 0
-            kvh = h // group
-            qb = q[h, q0 + i0:q0 + i1, :] * scale
+            qb = qb_flat[:rows * d].reshape(rows, d)
+            for g in range(group):
+                qb[g * rq:(g + 1) * rq] = q[kvh * group + g, q0 + i0:q0 + i1, :] * scale
             m = np.full(rows, -np.inf, dtype=q.dtype)
             l_sum = np.zeros(rows, dtype=q.dtype)
             acc = np.zeros((rows, dv), dtype=q.dtype)
             pv = pv_flat[:rows * dv].reshape(rows, dv)
-            j_end = min(len_k, i1 - 1 + off + 1) if causal else len_k  # local keys the last row may see
+            j_end = min(len_k, i1 - 1 + off + 1) if causal else len_k  # local keys the last query may see
             for j0 in range(0, max(j_end, 0), block_k):
                 cols = min(len_k, j0 + block_k) - j0
                 g0 = k0 + j0
                 sc = s_flat[:rows * cols].reshape(rows, cols)
                 np.dot(qb, k_blocks[kvh, g0 * d:(g0 + cols) * d].reshape(d, cols), sc)
-                if causal and j0 + cols - 1 > i0 + off:  # the block crosses the first row's frontier
+                if causal and j0 + cols - 1 > i0 + off:  # the block crosses the first query's frontier
                     for r in range(rows):
-                        hi = min(max(i0 + r + off + 1 - j0, 0), cols)
+                        hi = min(max(i0 + r % rq + off + 1 - j0, 0), cols)
                         sc[r, hi:] = -np.inf
                 _online_softmax_rows(sc, m, l_sum, acc)
                 vb = v_flat[kvh, g0 * dv:(g0 + cols) * dv].reshape(cols, dv)
@@ -83,13 +89,15 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
                 acc += pv
             for r in range(rows):
                 inv = 1.0 / l_sum[r] if l_sum[r] != 0 else 0.0
+                h, row = kvh * group + r // rq, q0 + i0 + r % rq
                 for e in range(dv):
-                    out[h, q0 + i0 + r, e] = acc[r, e] * inv
+                    out[h, row, e] = acc[r, e] * inv
 
 
 def plan_tiles(cu_q: np.ndarray, cu_k: np.ndarray, heads: int, block_q: int, causal: bool,
                bottom_right: bool) -> np.ndarray:
-    """The (q head, sequence, first local query) tiles, most work first (work: rows x keys the tile visits)."""
+    """The (kv head, sequence, first local query) tiles of ``block_q`` queries, most work first (work: queries x
+    keys the tile visits)."""
     rows, costs = [], []
     for s in range(len(cu_q) - 1):
         len_q, len_k = int(cu_q[s + 1] - cu_q[s]), int(cu_k[s + 1] - cu_k[s])
