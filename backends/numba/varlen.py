@@ -42,15 +42,17 @@ def pack_varlen_key_blocks(k, cu_k, block_k):
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, block_q, block_k, out):
+def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, block_q, block_k, pack, out):
     """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (kv head, sequence,
     first local query), ordered largest first; worker w runs tiles w, w + workers, ... A tile stacks the
     ``Hq / Hkv`` q heads of its kv head over ``block_q`` queries as its rows (GQA: each key block is read once for
-    the group). Writes ``out`` (Hq, Tq, Dv)."""
+    the group). ``pack``: copy K into transposed blocks first (prefill: a plain product is several times faster
+    then); without it K is read in place through a transposed view (a decode-sized tile: the copy would cost more
+    than it saves). Writes ``out`` (Hq, Tq, Dv)."""
     hq, _, d = q.shape
     hkv, tk, dv = k.shape[0], k.shape[1], v.shape[2]
     group = hq // hkv
-    k_blocks = pack_varlen_key_blocks(k, cu_k, block_k)
+    k_blocks = pack_varlen_key_blocks(k, cu_k, block_k) if pack else np.empty((1, 1), k.dtype)
     v_flat = v.reshape(hkv, tk * dv)
     n_tiles = tiles.shape[0]
     for w in prange(workers):
@@ -77,7 +79,10 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
                 cols = min(len_k, j0 + block_k) - j0
                 g0 = k0 + j0
                 sc = s_flat[:rows * cols].reshape(rows, cols)
-                np.dot(qb, k_blocks[kvh, g0 * d:(g0 + cols) * d].reshape(d, cols), sc)
+                if pack:
+                    np.dot(qb, k_blocks[kvh, g0 * d:(g0 + cols) * d].reshape(d, cols), sc)
+                else:
+                    np.dot(qb, k[kvh, g0:g0 + cols].T, sc)
                 if causal and j0 + cols - 1 > i0 + off:  # the block crosses the first query's frontier
                     for r in range(rows):
                         hi = min(max(i0 + r % rq + off + 1 - j0, 0), cols)
