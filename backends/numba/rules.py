@@ -179,10 +179,16 @@ def _latent_dense(ctx: NodeCtx, named: dict, q_lat, q_rope, latent, rope_key):
 def _varlen_attention(ctx: NodeCtx, q, k, v, cu_q, cu_k):
     from attngraph_backends.numba.varlen import plan_tiles, varlen_attention
 
+    from attngraph.lowering.varlen_checks import check_cu_seqlens
+
     st = ctx.state
     cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
     qc, kc, vc = (np.ascontiguousarray(x[0], dtype=cd) for x in (q, k, v))  # the batch axis is 1: (H, T, D)
     cq, ck = np.ascontiguousarray(cu_q, np.int64), np.ascontiguousarray(cu_k, np.int64)
+    # the kernel indexes with these unchecked: a computed cu_seqlens (not a graph input, so not checked by
+    # value_checks) is checked here, O(num_seqs), rather than read out of bounds
+    for cu, index, what, packed in ((cq, 3, "queries", qc), (ck, 4, "keys", kc)):
+        check_cu_seqlens(ctx.node.inputs[index].name, what, cu, packed.shape[1])
     hq, dv = qc.shape[0], vc.shape[2]
     causal, bottom_right = bool(ctx.attr("causal")), ctx.attr("align") == "bottom_right"
     block_q = int(st.extra["block_q"])

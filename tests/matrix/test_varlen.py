@@ -160,3 +160,17 @@ def test_numba_small_tiles_cross_the_causal_frontier_inside_each_sequence(align)
     g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align=align)
     got = ag.compile(g, "numba", block_q=8, block_k=8)(inputs)["y"]
     assert_close(got, _per_sequence(inputs, True, align), "float32", f"numba 8x8 tiles {align}")
+
+
+def test_numba_checks_a_computed_cu_seqlens_before_its_kernel_indexes_with_it():
+    """A cu_seqlens computed in the graph (here: input + 1) escapes the input value checks; numba's rule refuses
+    it by name instead of reading past the packed axis."""
+    pytest.importorskip("numba")
+    b = ag.GraphBuilder("computed_cu")
+    q = b.input("q", "float32", (1, 2, "t", 4))
+    c = b.input("c", "int32", ("n",))
+    shifted = b.op(Op.ADD, c, b.op(Op.CONST, value=1, dtype="int32"), name="shifted")
+    g = b.build([b.op(Op.VARLEN_ATTENTION, q, q, q, shifted, shifted, scale=0.5, name="y")])
+    z = np.zeros((1, 2, 5, 4), np.float32)
+    with pytest.raises(InputError, match="'shifted' starts at 1"):
+        ag.compile(g, "numba")(q=z, c=np.array([0, 2, 5], np.int32))
