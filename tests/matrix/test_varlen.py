@@ -174,3 +174,14 @@ def test_numba_checks_a_computed_cu_seqlens_before_its_kernel_indexes_with_it():
     z = np.zeros((1, 2, 5, 4), np.float32)
     with pytest.raises(InputError, match="'shifted' starts at 1"):
         ag.compile(g, "numba")(q=z, c=np.array([0, 2, 5], np.int32))
+
+
+def test_cli_builds_runs_and_refuses_a_packed_core(capsys):
+    from attngraph.cli import main
+
+    assert main(["run", "--varlen", "top_left", "--causal", "--heads", "4", "--kv-heads", "2", "--batch", "3",
+                 "--q-len", "5", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "graph varlen_attention on numpy" in out and "cu_seqlens_q int32[4]" in out and "y               [1, 4, 15" in out
+    assert main(["run", "--varlen", "--mask", "bool", "--repeat", "1"]) == 2
+    assert "--varlen builds the packed core alone" in capsys.readouterr().err
