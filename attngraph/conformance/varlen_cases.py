@@ -20,7 +20,7 @@ def cu(lengths: Sequence[int]) -> list[int]:
 
 
 def _case(name: str, pins: str, q_lens: Sequence[int], k_lens: Sequence[int], *, nan: bool = False,
-          quick: bool = True, heads: int = 4, head_dim: int = 8, **knobs) -> Case:
+          future_nan: bool = False, quick: bool = True, heads: int = 4, head_dim: int = 8, **knobs) -> Case:
     def build():
         g = varlen_attention(heads, head_dim, **knobs)
         cu_q, cu_k = cu(q_lens), cu(k_lens)
@@ -31,6 +31,11 @@ def _case(name: str, pins: str, q_lens: Sequence[int], k_lens: Sequence[int], *,
             inputs["q"][0, :, cu_q[0] + 1] = np.nan
             inputs["k"][0, :, cu_k[1]] = np.nan
             inputs["v"][0, :, cu_k[1] + 1] = np.nan
+        if future_nan:  # NaN in the last key and value of every sequence: seen only where causal lets it in
+            for s in range(len(k_lens)):
+                if k_lens[s]:
+                    inputs["k"][0, :, cu_k[s + 1] - 1] = np.nan
+                    inputs["v"][0, :, cu_k[s + 1] - 1] = np.nan
         return g, {}, inputs
     return Case(name, pins, build, knobs.get("dtype", "float32"), quick)
 
@@ -49,6 +54,9 @@ def varlen_cases() -> list[Case]:
         _case("varlen_nan_does_not_cross_sequences", "a NaN query row, key and value inside one sequence stay in "
               "it: the other sequences' rows are exact (no attention across sequence boundaries)", [3, 4, 2],
               [3, 4, 3], nan=True),
+        _case("varlen_masked_future_key_nan", "NaN in each sequence's last key and value under causal top-left: "
+              "masked (q_len < k_len) it takes no part; visible to the last query (q_len = k_len) it makes that row "
+              "alone NaN", [3, 4, 2], [6, 4, 2], future_nan=True, causal=True, align="top_left"),
         _case("varlen_block_diagonal_gqa", "non-causal block-diagonal mask (xformers BlockDiagonalMask) with GQA "
               "(4 q heads on 2 kv heads), a value head size of its own and int64 cu_seqlens", [4, 1, 3], [2, 6, 3],
               num_kv_heads=2, v_head_dim=5, cu_dtype="int64"),

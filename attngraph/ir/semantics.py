@@ -109,7 +109,7 @@ SEMANTICS: tuple[Rule, ...] = (
          "(flash-attention's varlen, xformers `...FromBottomRight`) or `0` with `align=\"top_left\"` (xformers "
          "`BlockDiagonalCausalMask`); a query with no visible key gives 0; a bad `cu_seqlens` is an `InputError`",
          ("varlen_empty_and_single_token_sequences", "varlen_causal_bottom_right_q_ne_k", "varlen_causal_top_left",
-          "varlen_nan_does_not_cross_sequences", "varlen_block_diagonal_gqa")),
+          "varlen_nan_does_not_cross_sequences", "varlen_masked_future_key_nan", "varlen_block_diagonal_gqa")),
 )
 
 
