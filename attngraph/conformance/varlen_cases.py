@@ -57,6 +57,11 @@ def varlen_cases() -> list[Case]:
         _case("varlen_masked_future_key_nan", "NaN in each sequence's last key and value under causal top-left: "
               "masked (q_len < k_len) it takes no part; visible to the last query (q_len = k_len) it makes that row "
               "alone NaN", [3, 4, 2], [6, 4, 2], future_nan=True, causal=True, align="top_left"),
+        _case("varlen_sliding_window_bottom_right", "a causal sliding window per sequence (flash-attention's "
+              "window_size, aligned bottom-right): local keys p - 3 .. p with p = a + len_k - len_q", [6, 2, 9],
+              [9, 2, 5], causal=True, window=(3, 0)),
+        _case("varlen_two_sided_window_top_left", "a two-sided window without causal, aligned top-left: local keys "
+              "a - 2 .. a + 1", [7, 3], [5, 6], window=(2, 1), align="top_left"),
         _case("varlen_block_diagonal_gqa", "non-causal block-diagonal mask (xformers BlockDiagonalMask) with GQA "
               "(4 q heads on 2 kv heads), a value head size of its own and int64 cu_seqlens", [4, 1, 3], [2, 6, 3],
               num_kv_heads=2, v_head_dim=5, cu_dtype="int64"),

@@ -33,10 +33,12 @@ def _positive(name: str, value) -> int:
 
 def varlen_attention(num_heads: int, head_dim: int, *, num_kv_heads: int | None = None,
                      v_head_dim: int | None = None, causal: bool = False, align: str = "bottom_right",
-                     scale: float | None = None, dtype: str = "float32", cu_dtype: str = "int32",
-                     name: str = "varlen_attention") -> Graph:
+                     scale: float | None = None, window: tuple[int, int] | None = None, dtype: str = "float32",
+                     cu_dtype: str = "int32", name: str = "varlen_attention") -> Graph:
     """The packed variable-length attention core (see the module docstring). ``scale`` defaults to
-    ``1/sqrt(head_dim)``; ``cu_dtype`` is the cu_seqlens inputs' dtype (int32 as flash-attention, or int64)."""
+    ``1/sqrt(head_dim)``; ``window=(left, right)`` keeps the local keys ``p - left .. p + right`` of the query at
+    aligned position ``p`` (flash-attention's ``window_size``; -1: unbounded); ``cu_dtype`` is the cu_seqlens
+    inputs' dtype (int32 as flash-attention, or int64)."""
     hq, d = _positive("num_heads", num_heads), _positive("head_dim", head_dim)
     hkv = _positive("num_kv_heads", num_kv_heads if num_kv_heads is not None else hq)
     dv = _positive("v_head_dim", v_head_dim if v_head_dim is not None else d)
@@ -45,6 +47,9 @@ def varlen_attention(num_heads: int, head_dim: int, *, num_kv_heads: int | None 
     if align not in VARLEN_ALIGNS:
         raise ConfigError(f"varlen_attention align must be one of {VARLEN_ALIGNS}, got {align!r}. Fix: "
                           "'bottom_right' for flash-attention, 'top_left' for xformers' BlockDiagonalCausalMask")
+    wl, wr = window if window is not None else (-1, -1)
+    if any(isinstance(w, bool) or not isinstance(w, int) or w < -1 for w in (wl, wr)):
+        raise ConfigError(f"varlen_attention window must be two ints >= -1 (-1: unbounded), got {window!r}")
     if cu_dtype not in ("int32", "int64"):
         raise ConfigError(f"varlen_attention cu_dtype must be 'int32' or 'int64', got {cu_dtype!r}")
     dt = DType.parse(dtype)
@@ -55,5 +60,5 @@ def varlen_attention(num_heads: int, head_dim: int, *, num_kv_heads: int | None 
     cu_q = b.input("cu_seqlens_q", cu_dtype, ("cu_len",))
     cu_k = b.input("cu_seqlens_k", cu_dtype, ("cu_len",))
     y = b.op(Op.VARLEN_ATTENTION, q, k, v, cu_q, cu_k, scale=float(scale) if scale is not None else 1 / math.sqrt(d),
-             causal=bool(causal), align=align, name="y")
+             causal=bool(causal), align=align, window_left=wl, window_right=wr, name="y")
     return b.build([y])

@@ -15,6 +15,9 @@ local index ``c`` iff ``c <= a + offset_s``: ``offset_s = len_k(s) - len_q(s)`` 
 (flash-attention >= 2.1, xformers ``BlockDiagonalCausalFromBottomRightMask``: the queries are the last keys of
 their sequence), ``offset_s = 0`` with ``align="top_left"`` (xformers ``BlockDiagonalCausalMask``). A query with
 no visible key (an empty key range, or bottom-right with more queries than keys) gives an output row of 0.
+``window_left`` / ``window_right`` (-1: unbounded) keep, with ``p = a + offset_s``, the local keys
+``p - window_left .. p + window_right`` (flash-attention's ``window_size``, aligned by ``align`` as the causal
+mask is, with or without ``causal``).
 GQA as everywhere: q head h reads kv head ``h // (Hq / Hkv)``. Output (1, Hq, total_q, Dv).
 """
 
@@ -55,8 +58,12 @@ def _varlen_attention(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[Ten
         raise GraphError(f"varlen_attention causal must be a bool, got {a['causal']!r}")
     if a["align"] not in VARLEN_ALIGNS:
         raise GraphError(f"varlen_attention align must be one of {VARLEN_ALIGNS}, got {a['align']!r}")
+    for name in ("window_left", "window_right"):
+        if isinstance(a[name], bool) or not isinstance(a[name], int) or a[name] < -1:
+            raise GraphError(f"varlen_attention {name} must be -1 (unbounded) or an int >= 0, got {a[name]!r}")
     return (TensorType(q.dtype, q.shape[:3] + (v.shape[3],)),)
 
 
-VARLEN_SPECS = {Op.VARLEN_ATTENTION: OpSpec(5, 5, {"scale": REQUIRED, "causal": False, "align": "bottom_right"},
+VARLEN_SPECS = {Op.VARLEN_ATTENTION: OpSpec(5, 5, {"scale": REQUIRED, "causal": False, "align": "bottom_right",
+                                                      "window_left": -1, "window_right": -1},
                                             _varlen_attention)}

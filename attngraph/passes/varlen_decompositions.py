@@ -28,22 +28,29 @@ def _positions(em: Emitter, cu: Value, length) -> tuple[Value, Value]:
 @decomposes(Op.VARLEN_ATTENTION, uses={Op.CAST, Op.CONST, Op.IOTA, Op.RESHAPE, Op.LESS_EQUAL, Op.REDUCE_SUM, Op.SUB,
                                        Op.ADD, Op.GATHER, Op.EQUAL, Op.AND, Op.ATTENTION})
 def _varlen_attention(node: Node, em: Emitter) -> None:
-    """varlen_attention(q, k, v, cu_q, cu_k) ==> keep[i, j] = seg_q(i) == seg_k(j) [and causal at local
-    positions] -> attention(q, k, v, keep)."""
+    """varlen_attention(q, k, v, cu_q, cu_k) ==> keep[i, j] = seg_q(i) == seg_k(j) [and causal / the window at
+    local positions] -> attention(q, k, v, keep)."""
     q, k, v, cu_q, cu_k = node.inputs
     tq, tk = q.type.shape[2], k.type.shape[2]
     cu_q, cu_k = em.cast(cu_q, I64), em.cast(cu_k, I64)
     seg_q, local_q = _positions(em, cu_q, tq)
     seg_k, local_k = _positions(em, cu_k, tk)
     keep = em.emit(Op.EQUAL, em.emit(Op.RESHAPE, seg_q, shape=(tq, 1)), em.emit(Op.RESHAPE, seg_k, shape=(1, tk)))
-    if node.attr("causal"):
+    causal, wl, wr = bool(node.attr("causal")), int(node.attr("window_left")), int(node.attr("window_right"))
+    if causal or wl >= 0 or wr >= 0:
         pos = local_q
         if node.attr("align") == "bottom_right":  # + len_k(s) - len_q(s) of the query's own sequence
             nxt = em.emit(Op.ADD, seg_q, em.const(1, I64))
             len_k = em.emit(Op.SUB, em.emit(Op.GATHER, cu_k, nxt), em.emit(Op.GATHER, cu_k, seg_q))
             len_q = em.emit(Op.SUB, em.emit(Op.GATHER, cu_q, nxt), em.emit(Op.GATHER, cu_q, seg_q))
             pos = em.emit(Op.ADD, pos, em.emit(Op.SUB, len_k, len_q))
-        seen = em.emit(Op.LESS_EQUAL, em.emit(Op.RESHAPE, local_k, shape=(1, tk)), em.emit(Op.RESHAPE, pos, shape=(tq, 1)))
-        keep = em.emit(Op.AND, keep, seen)
+        pos = em.emit(Op.RESHAPE, pos, shape=(tq, 1))
+        col = em.emit(Op.RESHAPE, local_k, shape=(1, tk))
+        if causal:
+            keep = em.emit(Op.AND, keep, em.emit(Op.LESS_EQUAL, col, pos))
+        if wl >= 0:
+            keep = em.emit(Op.AND, keep, em.emit(Op.LESS_EQUAL, em.emit(Op.SUB, pos, em.const(wl, I64)), col))
+        if wr >= 0:
+            keep = em.emit(Op.AND, keep, em.emit(Op.LESS_EQUAL, col, em.emit(Op.ADD, pos, em.const(wr, I64))))
     keep = em.emit(Op.RESHAPE, keep, shape=(1, 1, tq, tk), name="varlen_keep")
     em.emit(Op.ATTENTION, q, k, v, keep, scale=float(node.attr("scale")), operands=("bool",), out=node.output)

@@ -3,8 +3,8 @@
 The default decomposition computes every packed query against every packed key and masks the cross-sequence
 pairs; this kernel never visits them. Work is (kv head, sequence, query block) tiles, the q heads of the kv
 head stacked as rows (GQA reads each key block once per group); a tile walks only its own sequence's key blocks,
-and with ``causal`` only those up to its last query's frontier (``local_i + offset_s``, ``offset_s = len_k - len_q``
-bottom-right, ``0`` top-left). Time is then in proportion to
+and with ``causal`` (or a window) only those up to its last query's frontier (``local_i + offset_s``, ``offset_s =
+len_k - len_q`` bottom-right, ``0`` top-left) and from its first query's window start. Time is then in proportion to
 ``sum_s len_q(s) * len_k(s)`` (about half of that causal), not to ``total_q * total_k``.
 
 K is packed once into transposed blocks that start at each sequence's first key (so no block straddles two
@@ -42,9 +42,10 @@ def pack_varlen_key_blocks(k, cu_k, block_k):
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, block_q, block_k, pack, out):
+def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, wl, wr, block_q, block_k, pack,
+                     out):
     """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (kv head, sequence,
-    first local query), ordered largest first; worker w runs tiles w, w + workers, ... A tile stacks the
+    first local query), ordered largest first; ``wl`` / ``wr`` the window (-1: unbounded); worker w runs tiles w, w + workers, ... A tile stacks the
     ``Hq / Hkv`` q heads of its kv head over ``block_q`` queries as its rows (GQA: each key block is read once for
     the group). ``pack``: copy K into transposed blocks first (prefill: a plain product is several times faster
     then); without it K is read in place through a transposed view (a decode-sized tile: the copy would cost more
@@ -74,8 +75,12 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
             l_sum = np.zeros(rows, dtype=q.dtype)
             acc = np.zeros((rows, dv), dtype=q.dtype)
             pv = pv_flat[:rows * dv].reshape(rows, dv)
-            j_end = min(len_k, i1 - 1 + off + 1) if causal else len_k  # local keys the last query may see
-            for j0 in range(0, max(j_end, 0), block_k):
+            first_pos, last_pos = i0 + off, i1 - 1 + off
+            j_end = min(len_k, last_pos + 1) if causal else len_k  # local keys the tile's queries may see
+            if wr >= 0:
+                j_end = min(j_end, last_pos + wr + 1)
+            j_start = max(0, first_pos - wl) if wl >= 0 else 0
+            for j0 in range((j_start // block_k) * block_k, max(j_end, 0), block_k):  # blocks from the sequence start
                 cols = min(len_k, j0 + block_k) - j0
                 g0 = k0 + j0
                 sc = s_flat[:rows * cols].reshape(rows, cols)
@@ -83,9 +88,22 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
                     np.dot(qb, k_blocks[kvh, g0 * d:(g0 + cols) * d].reshape(d, cols), sc)
                 else:
                     np.dot(qb, k[kvh, g0:g0 + cols].T, sc)
-                if causal and j0 + cols - 1 > i0 + off:  # the block crosses the first query's frontier
+                # a block some query does not keep whole: past the first query's frontier or window end, or
+                # before the last query's window start
+                if ((causal and j0 + cols - 1 > first_pos) or (wr >= 0 and j0 + cols - 1 > first_pos + wr)
+                        or (wl >= 0 and j0 < last_pos - wl)):
                     for r in range(rows):
-                        hi = min(max(i0 + r % rq + off + 1 - j0, 0), cols)
+                        pos = i0 + r % rq + off
+                        lo, hi = 0, cols
+                        if causal:
+                            hi = min(hi, pos + 1 - j0)
+                        if wr >= 0:
+                            hi = min(hi, pos + wr + 1 - j0)
+                        if wl >= 0:
+                            lo = max(lo, pos - wl - j0)
+                        lo = min(max(lo, 0), cols)
+                        hi = min(max(hi, lo), cols)
+                        sc[r, :lo] = -np.inf
                         sc[r, hi:] = -np.inf
                 _online_softmax_rows(sc, m, l_sum, acc)
                 vb = v_flat[kvh, g0 * dv:(g0 + cols) * dv].reshape(cols, dv)
@@ -100,7 +118,7 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
 
 
 def plan_tiles(cu_q: np.ndarray, cu_k: np.ndarray, heads: int, block_q: int, causal: bool,
-               bottom_right: bool) -> np.ndarray:
+               bottom_right: bool, wl: int = -1, wr: int = -1) -> np.ndarray:
     """The (kv head, sequence, first local query) tiles of ``block_q`` queries, most work first (work: queries x
     keys the tile visits)."""
     rows, costs = [], []
@@ -109,7 +127,9 @@ def plan_tiles(cu_q: np.ndarray, cu_k: np.ndarray, heads: int, block_q: int, cau
         off = len_k - len_q if bottom_right else 0
         for i0 in range(0, len_q, block_q):
             i1 = min(len_q, i0 + block_q)
-            keys = max(0, min(len_k, i1 + off)) if causal else len_k
+            end = min(len_k, i1 + off) if causal else len_k
+            end = min(end, i1 - 1 + off + wr + 1) if wr >= 0 else end
+            keys = max(0, end - (max(0, i0 + off - wl) if wl >= 0 else 0))
             rows.append((s, i0))
             costs.append((i1 - i0) * (keys + 1))
     if not rows:

@@ -31,7 +31,7 @@ def _packed(rng, q_lens, k_lens, hq=4, hkv=2, d=8, dv=8):
             "cu_seqlens_k": np.asarray(cu_k, np.int32)}
 
 
-def _per_sequence(inputs, causal, align):
+def _per_sequence(inputs, causal, align, window=None):
     """The independent oracle (tests/oracle.py) run on each sequence alone, rows concatenated."""
     cu_q, cu_k = inputs["cu_seqlens_q"], inputs["cu_seqlens_k"]
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
@@ -39,7 +39,8 @@ def _per_sequence(inputs, causal, align):
     for s in range(len(cu_q) - 1):
         q0, q1, k0, k1 = (int(x) for x in (cu_q[s], cu_q[s + 1], cu_k[s], cu_k[s + 1]))
         offset = (k1 - k0) - (q1 - q0) if align == "bottom_right" else 0
-        y, _ = oracle.core(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], causal=causal, offset=offset)
+        y, _ = oracle.core(q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1], causal=causal, offset=offset,
+                           window=window or (-1, -1))
         out[:, :, q0:q1] = y
     return out
 
@@ -152,14 +153,16 @@ def test_random_inputs_give_valid_cu_seqlens_at_the_usual_size_flags():
     assert_close(ag.compile(g, "numpy")(inputs)["y"], _per_sequence(inputs, True, "bottom_right"), "float32")
 
 
+@pytest.mark.parametrize("window", [None, (5, 0), (3, 2)])
 @pytest.mark.parametrize("align", ["bottom_right", "top_left"])
-def test_numba_small_tiles_cross_the_causal_frontier_inside_each_sequence(align):
-    """8x8 tiles: many query blocks per sequence, blocks cut by the frontier, sequences shorter than a tile."""
+def test_numba_small_tiles_cross_the_causal_frontier_inside_each_sequence(align, window):
+    """8x8 tiles: many query blocks per sequence, blocks cut by the frontier and the window's start, sequences
+    shorter than a tile (with 30 queries the kernel copies K into blocks; the conformance cases, <= 16, do not)."""
     pytest.importorskip("numba")
     inputs = _packed(np.random.default_rng(11), [17, 3, 0, 8, 30], [9, 20, 4, 8, 31])
-    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align=align)
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, align=align, window=window)
     got = ag.compile(g, "numba", block_q=8, block_k=8)(inputs)["y"]
-    assert_close(got, _per_sequence(inputs, True, align), "float32", f"numba 8x8 tiles {align}")
+    assert_close(got, _per_sequence(inputs, True, align, window), "float32", f"numba 8x8 tiles {align} {window}")
 
 
 def test_numba_checks_a_computed_cu_seqlens_before_its_kernel_indexes_with_it():
