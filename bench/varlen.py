@@ -15,10 +15,12 @@ Eight sequences of mixed lengths (default 64 .. 2048), fp32, ``heads`` q heads o
 
 Each time is a median over rounds; ratios are against ``attngraph-numba varlen`` in the same run. The expected
 proportions are printed beside them: real tokens / padded tokens, and the causal score work, ``sum L^2`` against
-``B * max(L)^2`` (padded) or ``(sum L)^2`` (one dense block-diagonal mask: nothing skipped). Each contender's error is measured on
+``B * max(L)^2`` (padded) or ``(sum L)^2`` (one dense block-diagonal mask: nothing skipped). Each contender's
+error is measured on
 its valid rows against a float64 per-sequence reference.
 
-    python -m bench.varlen [--lengths 64 2048 ...] [--heads 8] [--kv-heads 2] [--out bench/reports/cpu-serving-varlen.md]
+    python -m bench.varlen [--lengths 64 2048 ...] [--q-len 128] [--heads 8] [--kv-heads 2]
+                           [--out bench/reports/cpu-serving-varlen.md]
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ def contenders(args):
     if chunk:  # padded chunk: query row r of batch row b sits at key lengths[b] - width + r; keys past it masked
         width, cols = pq.shape[2], np.arange(pk.shape[2])
         pos = key_lengths[:, None] - width + np.arange(width)[None, :]
-        pmask = torch.from_numpy((cols[None, None, :] <= pos[:, :, None]) & (cols[None, None, :] < key_lengths[:, None, None]))
-        pmask = pmask[:, None]
+        keep = (cols[None, None, :] <= pos[:, :, None]) & (cols[None, None, :] < key_lengths[:, None, None])
+        pmask = torch.from_numpy(keep)[:, None]
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
     def no_grad(fn):
@@ -205,7 +207,7 @@ def main(argv=None) -> int:
     what = (f"the last {args.q_len} tokens of each sequence against all its keys (a chunked prefill, causal "
             f"bottom-right)" if chunk else "a causal prefill")
     lines = [
-        f"# Packed variable-length batch vs a padded batch (CPU): {'chunk of ' + str(args.q_len) if chunk else 'prefill'}",
+        "# Packed variable-length batch vs a padded batch (CPU): " + (f"chunk of {args.q_len}" if chunk else "prefill"),
         "", f"{len(lengths)} sequences, lengths {lengths}: {real} real tokens, {padded} padded "
         f"({padded / real:.2f}x); {what}, {sum(q_lens)} queries; {args.heads} q heads / {args.kv_heads} kv heads, head "
         f"dim {args.head_dim}, fp32; {args.threads} threads; {len(next(iter(timings.values())).samples)} round-robin "

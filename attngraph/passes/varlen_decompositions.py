@@ -2,10 +2,10 @@
 ``cu_seqlens_q`` / ``cu_seqlens_k`` in integer primitives, then the fused ``attention`` op with it as a bool mask.
 
 This form computes every query against every key of the packed batch (the mask removes the cross-sequence
-pairs); it is the ONNX export's form. numba, numpy and torch have rules of their own that skip that work. Sequence ids come from comparisons, not
-loops, so NumPy, torch and ONNX run the same graph: ``seg(i) = #{s : cu[s] <= i} - 1`` is the last sequence
-starting at or before ``i``, which is the non-empty sequence holding ``i`` (empty sequences start where the
-next one does and are skipped by "last")."""
+pairs); it is the ONNX export's form. numba, numpy and torch have rules of their own that skip that work.
+Sequence ids come from comparisons, not loops, so every runtime runs the same graph: ``seg(i) = #{s : cu[s] <=
+i} - 1`` is the last sequence starting at or before ``i``, which is the non-empty sequence holding ``i`` (empty
+sequences start where the next one does and are skipped by "last")."""
 
 from __future__ import annotations
 

@@ -45,7 +45,8 @@ def pack_varlen_key_blocks(k, cu_k, block_k):
 def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, wl, wr, block_q, block_k, pack,
                      out):
     """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (kv head, sequence,
-    first local query), ordered largest first; ``wl`` / ``wr`` the window (-1: unbounded); worker w runs tiles w, w + workers, ... A tile stacks the
+    first local query), ordered largest first; ``wl`` / ``wr`` the window (-1: unbounded); worker w runs tiles
+    w, w + workers, ... A tile stacks the
     ``Hq / Hkv`` q heads of its kv head over ``block_q`` queries as its rows (GQA: each key block is read once for
     the group). ``pack``: copy K into transposed blocks first (prefill: a plain product is several times faster
     then); without it K is read in place through a transposed view (a decode-sized tile: the copy would cost more
