@@ -288,5 +288,6 @@ def _varlen_attention(ctx, q, k, v, cu_q, cu_k):
     y = varlen_attention(ctx.state.xp, q, k, v, cu_q, cu_k, scale=float(ctx.attr("scale")),
                          causal=bool(ctx.attr("causal")), bottom_right=ctx.attr("align") == "bottom_right", compute=cd,
                          max_bytes=ctx.state.max_scores_bytes, device=ctx.state.device,
-                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")))
+                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")),
+                         softcap=float(ctx.attr("softcap")))
     return out(ctx, y)

@@ -19,7 +19,8 @@ def sequence_bounds(cu_q: Any, cu_k: Any) -> list[tuple[int, int, int, int]]:
 
 def varlen_attention(xp, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, *, scale: float, causal: bool,
                      bottom_right: bool, compute: Any, max_bytes: int, device: Any = None, window_left: int = -1,
-                     window_right: int = -1, attend: Callable[..., Any | None] | None = None) -> Any:
+                     window_right: int = -1, softcap: float = 0.0,
+                     attend: Callable[..., Any | None] | None = None) -> Any:
     """(1, Hq, total_q, Dv) in ``compute``: sequence ``s`` of ``q`` against sequence ``s`` of ``k``/``v`` only; rows
     of a sequence with no keys stay 0. ``attend(q_s, k_s, v_s, mask)`` (``mask``: causal, offset, window_left,
     window_right) may return a sequence's output (None: the shared chunked attention runs it)."""
@@ -32,7 +33,7 @@ def varlen_attention(xp, q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, *, scale:
         qs, ks, vs = q[:, :, q0:q1], k[:, :, k0:k1], v[:, :, k0:k1]
         y = attend(qs, ks, vs, mask) if attend is not None else None
         if y is None:
-            y, _ = chunked_attention(xp, qs, ks, vs, {}, scale=scale, softcap=0.0, return_weights=False,
+            y, _ = chunked_attention(xp, qs, ks, vs, {}, scale=scale, softcap=softcap, return_weights=False,
                                      compute=compute, max_bytes=max_bytes, device=device, **mask)
         out[:, :, q0:q1] = xp.astype(y, compute, copy=False)
     return out

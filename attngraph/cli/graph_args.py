@@ -152,7 +152,7 @@ def load_weights(path: str, graph: Graph):
 
 
 # flags a packed varlen core has no use for: refused rather than silently dropped
-_NOT_VARLEN = ("kdim", "vdim", "bias_on", "key_padding", "mask", "softcap", "clip_qkv", "kv_cache",
+_NOT_VARLEN = ("kdim", "vdim", "bias_on", "key_padding", "mask", "clip_qkv", "kv_cache",
                "max_len", "rotary", "rotary_dim", "position_ids", "rope_cache", "qk_norm", "sinks", "alibi",
                "rel_bias", "return_weights")
 
@@ -163,9 +163,11 @@ def _varlen_from_args(args: argparse.Namespace) -> Graph:
 
     given = [f"--{n.replace('_', '-')}" for n in _NOT_VARLEN if getattr(args, n, None)]
     if given:
-        raise ConfigError(f"--varlen builds the packed core alone (q/k/v, cu_seqlens, --causal, --window, --scale); it "
+        raise ConfigError(f"--varlen builds the packed core alone (q/k/v, cu_seqlens, --causal, --window, --scale, "
+                          f"--softcap); it "
                           f"takes no "
                           f"{', '.join(given)}. Fix: drop them, or build the graph in Python and --load it")
     return varlen_attention(args.heads, args.head_dim or args.d_model // args.heads, num_kv_heads=args.kv_heads,
                             v_head_dim=args.v_head_dim, causal=args.causal, align=args.varlen, scale=args.scale,
-                            window=tuple(args.window) if args.window else None, dtype=args.dtype)
+                            window=tuple(args.window) if args.window else None, softcap=args.softcap,
+                            dtype=args.dtype)

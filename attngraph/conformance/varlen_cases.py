@@ -62,6 +62,8 @@ def varlen_cases() -> list[Case]:
               [9, 2, 5], causal=True, window=(3, 0)),
         _case("varlen_two_sided_window_top_left", "a two-sided window without causal, aligned top-left: local keys "
               "a - 2 .. a + 1", [7, 3], [5, 6], window=(2, 1), align="top_left"),
+        _case("varlen_softcap_causal", "softcap per packed sequence (Gemma 2 with flash-attention's varlen): cap * "
+              "tanh(s / cap) after the scale, before the causal mask", [4, 6], [7, 6], causal=True, softcap=0.8),
         _case("varlen_block_diagonal_gqa", "non-causal block-diagonal mask (xformers BlockDiagonalMask) with GQA "
               "(4 q heads on 2 kv heads), a value head size of its own and int64 cu_seqlens", [4, 1, 3], [2, 6, 3],
               num_kv_heads=2, v_head_dim=5, cu_dtype="int64"),

@@ -33,11 +33,13 @@ def _positive(name: str, value) -> int:
 
 def varlen_attention(num_heads: int, head_dim: int, *, num_kv_heads: int | None = None,
                      v_head_dim: int | None = None, causal: bool = False, align: str = "bottom_right",
-                     scale: float | None = None, window: tuple[int, int] | None = None, dtype: str = "float32",
+                     scale: float | None = None, window: tuple[int, int] | None = None,
+                     softcap: float | None = None, dtype: str = "float32",
                      cu_dtype: str = "int32", name: str = "varlen_attention") -> Graph:
     """The packed variable-length attention core (see the module docstring). ``scale`` defaults to
     ``1/sqrt(head_dim)``; ``window=(left, right)`` keeps the local keys ``p - left .. p + right`` of the query at
-    aligned position ``p`` (flash-attention's ``window_size``; -1: unbounded); ``cu_dtype`` is the cu_seqlens
+    aligned position ``p`` (flash-attention's ``window_size``; -1: unbounded); ``softcap``: ``softcap *
+    tanh(scores / softcap)`` after the scale (Gemma 2, flash-attention's ``softcap``); ``cu_dtype`` is the cu_seqlens
     inputs' dtype (int32 as flash-attention, or int64)."""
     hq, d = _positive("num_heads", num_heads), _positive("head_dim", head_dim)
     hkv = _positive("num_kv_heads", num_kv_heads if num_kv_heads is not None else hq)
@@ -60,5 +62,6 @@ def varlen_attention(num_heads: int, head_dim: int, *, num_kv_heads: int | None 
     cu_q = b.input("cu_seqlens_q", cu_dtype, ("cu_len",))
     cu_k = b.input("cu_seqlens_k", cu_dtype, ("cu_len",))
     y = b.op(Op.VARLEN_ATTENTION, q, k, v, cu_q, cu_k, scale=float(scale) if scale is not None else 1 / math.sqrt(d),
-             causal=bool(causal), align=align, window_left=wl, window_right=wr, name="y")
+             causal=bool(causal), align=align, window_left=wl, window_right=wr, softcap=float(softcap or 0.0),
+             name="y")
     return b.build([y])

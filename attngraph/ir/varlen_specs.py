@@ -17,7 +17,8 @@ their sequence), ``offset_s = 0`` with ``align="top_left"`` (xformers ``BlockDia
 no visible key (an empty key range, or bottom-right with more queries than keys) gives an output row of 0.
 ``window_left`` / ``window_right`` (-1: unbounded) keep, with ``p = a + offset_s``, the local keys
 ``p - window_left .. p + window_right`` (flash-attention's ``window_size``, aligned by ``align`` as the causal
-mask is, with or without ``causal``).
+mask is, with or without ``causal``). ``softcap`` > 0: ``softcap * tanh(scores / softcap)`` after the scale, before
+the masks (0: off).
 GQA as everywhere: q head h reads kv head ``h // (Hq / Hkv)``. Output (1, Hq, total_q, Dv).
 """
 
@@ -54,6 +55,8 @@ def _varlen_attention(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[Ten
         raise GraphError(f"varlen_attention cu_seqlens_q {cu_q} and cu_seqlens_k {cu_k} must have the same length "
                          "(one key range per query range)")
     _finite_attr(a, "scale", "varlen_attention")
+    if _finite_attr(a, "softcap", "varlen_attention") < 0:
+        raise GraphError(f"varlen_attention softcap must be >= 0 (0 = off), got {a['softcap']}")
     if not isinstance(a["causal"], bool):
         raise GraphError(f"varlen_attention causal must be a bool, got {a['causal']!r}")
     if a["align"] not in VARLEN_ALIGNS:
@@ -65,5 +68,5 @@ def _varlen_attention(ts: Sequence[TensorType], a: dict[str, Attr]) -> tuple[Ten
 
 
 VARLEN_SPECS = {Op.VARLEN_ATTENTION: OpSpec(5, 5, {"scale": REQUIRED, "causal": False, "align": "bottom_right",
-                                                      "window_left": -1, "window_right": -1},
+                                                      "window_left": -1, "window_right": -1, "softcap": 0.0},
                                             _varlen_attention)}

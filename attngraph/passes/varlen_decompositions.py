@@ -53,4 +53,5 @@ def _varlen_attention(node: Node, em: Emitter) -> None:
         if wr >= 0:
             keep = em.emit(Op.AND, keep, em.emit(Op.LESS_EQUAL, col, em.emit(Op.ADD, pos, em.const(wr, I64))))
     keep = em.emit(Op.RESHAPE, keep, shape=(1, 1, tq, tk), name="varlen_keep")
-    em.emit(Op.ATTENTION, q, k, v, keep, scale=float(node.attr("scale")), operands=("bool",), out=node.output)
+    em.emit(Op.ATTENTION, q, k, v, keep, scale=float(node.attr("scale")), softcap=float(node.attr("softcap")),
+            operands=("bool",), out=node.output)

@@ -202,6 +202,7 @@ def _varlen_attention(ctx: NodeCtx, q, k, v, cu_q, cu_k):
     tiles = plan_tiles(cq, ck, kc.shape[0], per_tile, causal, bottom_right, wl, wr)
     with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
         varlen_attention(qc, kc, vc, cq, ck, tiles, max(1, min(numba.get_num_threads(), len(tiles))),
-                         cd.type(ctx.attr("scale")), causal, bottom_right, wl, wr, per_tile, block_k,
+                         cd.type(ctx.attr("scale")), causal, bottom_right, wl, wr, cd.type(ctx.attr("softcap")),
+                         per_tile, block_k,
                          int(np.diff(cq).max(initial=0)) > DECODE_MAX_QUERIES, out)
     return out[None].astype(st.dtype(ctx.node.output.type.dtype), copy=False)

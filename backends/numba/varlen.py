@@ -17,6 +17,8 @@ NaN in a kept key propagates within its sequence and can reach no other (its key
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from attngraph_backends.numba.exp import FASTMATH
 from attngraph_backends.numba.kernels import _online_softmax_rows, _skip_zero_weights
@@ -42,10 +44,11 @@ def pack_varlen_key_blocks(k, cu_k, block_k):
 
 
 @njit(cache=True, parallel=True, fastmath=FASTMATH)
-def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, wl, wr, block_q, block_k, pack,
-                     out):
+def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_right, wl, wr, softcap, block_q,
+                     block_k, pack, out):
     """q (Hq, Tq, D), k (Hkv, Tk, D), v (Hkv, Tk, Dv) C-contiguous; ``tiles`` (n, 3) rows (kv head, sequence,
-    first local query), ordered largest first; ``wl`` / ``wr`` the window (-1: unbounded); worker w runs tiles
+    first local query), ordered largest first; ``wl`` / ``wr`` the window (-1: unbounded); ``softcap`` (0: off)
+    caps the scaled scores before the masks; worker w runs tiles
     w, w + workers, ... A tile stacks the
     ``Hq / Hkv`` q heads of its kv head over ``block_q`` queries as its rows (GQA: each key block is read once for
     the group). ``pack``: copy K into transposed blocks first (prefill: a plain product is several times faster
@@ -89,6 +92,10 @@ def varlen_attention(q, k, v, cu_q, cu_k, tiles, workers, scale, causal, bottom_
                     np.dot(qb, k_blocks[kvh, g0 * d:(g0 + cols) * d].reshape(d, cols), sc)
                 else:
                     np.dot(qb, k[kvh, g0:g0 + cols].T, sc)
+                if softcap > 0:
+                    for r in range(rows):
+                        for c in range(cols):
+                            sc[r, c] = softcap * math.tanh(sc[r, c] / softcap)
                 # a block some query does not keep whole: past the first query's frontier or window end, or
                 # before the last query's window start
                 if ((causal and j0 + cols - 1 > first_pos) or (wr >= 0 and j0 + cols - 1 > first_pos + wr)

@@ -104,14 +104,17 @@ def _varlen_attention(ctx, q, k, v, cu_q, cu_k):
     qc, kc, vc = (compute(ctx, x, i) for i, x in enumerate((q, k, v)))
     exact = ctx.state.extra["sdpa"] and all(bool(torch.isfinite(x.sum())) for x in (qc, kc, vc))
 
+    softcap = float(ctx.attr("softcap"))
+
     def attend(qs, ks, vs, mask):
-        if not exact:
+        plan = K.sdpa_plan({}, softcap=softcap, return_weights=False, **mask)
+        if not exact or plan == "explicit":  # SDPA has no softcap: the shared chunked attention
             return None
-        plan = K.sdpa_plan({}, softcap=0.0, return_weights=False, **mask)
         return K.sdpa_attention(qs, ks, vs, {}, scale=scale, plan=plan, **mask)
 
     y = varlen_attention(xp, qc, kc, vc, cu_q, cu_k, scale=scale, causal=bool(ctx.attr("causal")),
                          bottom_right=ctx.attr("align") == "bottom_right", compute=cd,
                          max_bytes=ctx.state.max_scores_bytes, device=q.device, attend=attend,
-                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")))
+                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")),
+                         softcap=softcap)
     return out(ctx, y)

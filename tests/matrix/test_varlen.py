@@ -189,3 +189,18 @@ def test_cli_builds_runs_and_refuses_a_packed_core(capsys):
     assert "y               [1, 4, 15" in out
     assert main(["run", "--varlen", "--mask", "bool", "--repeat", "1"]) == 2
     assert "--varlen builds the packed core alone" in capsys.readouterr().err
+
+
+def test_numba_softcap_with_copied_key_blocks():
+    """Softcap in the numba kernel's block-copy path too (30 queries > 16), against the float64 reference."""
+    pytest.importorskip("numba")
+    from attngraph.conformance.reference import evaluate
+
+    inputs = _packed(np.random.default_rng(4), [30, 5], [31, 9])
+    inputs["q"] *= 3  # scores large enough that the cap changes them
+    g = ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, softcap=1.5, window=(12, 0))
+    got = ag.compile(g, "numba", block_q=8, block_k=8)(inputs)["y"]
+    ref = evaluate(g, {}, inputs)["y"]
+    assert_close(got, ref, "float32", "numba softcap")
+    uncapped = evaluate(ag.varlen_attention(4, 8, num_kv_heads=2, causal=True, window=(12, 0)), {}, inputs)["y"]
+    assert not np.allclose(ref, uncapped, atol=1e-3)  # the cap is not a no-op here

@@ -16,6 +16,7 @@ def _varlen_attention(node, bound, q, k, v, cu_q, cu_k):
     out = np.zeros(q.shape[:3] + (dv,))
     scale, causal = float(node.attr("scale")), bool(node.attr("causal"))
     wl, wr = int(node.attr("window_left")), int(node.attr("window_right"))
+    cap = float(node.attr("softcap"))
     for s in range(len(cu_q) - 1):
         q0, q1, k0, k1 = int(cu_q[s]), int(cu_q[s + 1]), int(cu_k[s]), int(cu_k[s + 1])
         offset = (k1 - k0) - (q1 - q0) if node.attr("align") == "bottom_right" else 0
@@ -29,6 +30,8 @@ def _varlen_attention(node, bound, q, k, v, cu_q, cu_k):
                     continue  # no key: the row is 0
                 keys = [k0 + c for c in visible]
                 scores = np.array([q[0, h, q0 + a] @ k[0, kvh, j] for j in keys]) * scale
+                if cap:
+                    scores = cap * np.tanh(scores / cap)
                 e = np.exp(scores - np.max(scores))
                 p = e / e.sum()
                 used = p != 0  # a key of weight exactly 0 takes no part (NaN/inf in its value included)
