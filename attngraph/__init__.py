@@ -43,6 +43,7 @@ from attngraph.frontends.latent import latent_attention
 from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch
 from attngraph.frontends.transformers import from_transformers
+from attngraph.frontends.varlen import varlen_attention
 from attngraph.ir import DType, Graph, Node, Op, TensorType, Value
 from attngraph.ir.builder import GraphBuilder
 from attngraph.ir.printer import format_graph
@@ -69,4 +70,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "from_torch", "from_transformers", "get_backend", "load_graph", "register_backend", "run_pipeline", "save_graph",
     "select_backend", "self_attention", "to_json", "verify_graph",
     "absorb_mla", "latent_attention",
+    "varlen_attention",
 ]

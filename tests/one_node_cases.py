@@ -127,3 +127,9 @@ ONE_NODE[Op.LATENT_ATTENTION] = lambda: _one(
                           ("n", "int64", ("batch",))],
     [_arr((2, 4, 3, 6)), _arr((2, 4, 3, 2)), _arr((2, 1, 5, 6)), _arr((2, 1, 5, 2)), np.array([5, 0])],
     scale=0.4, causal=True, offset=2, operands=("lengths",))
+# packed sequences: 4 q heads on 2 kv heads, lengths (q, k) = (2, 3), (0, 2), (3, 1): causal bottom-right
+ONE_NODE[Op.VARLEN_ATTENTION] = lambda: _one(
+    Op.VARLEN_ATTENTION, [("q", F32, (1, 4, "tq", 4)), ("k", F32, (1, 2, "tk", 4)), ("v", F32, (1, 2, "tk", 4)),
+                          ("cq", "int32", ("n",)), ("ck", "int32", ("n",))],
+    [_arr((1, 4, 5, 4)), _arr((1, 2, 6, 4)), _arr((1, 2, 6, 4)), np.array([0, 2, 2, 5], np.int32),
+     np.array([0, 3, 5, 6], np.int32)], scale=0.5, causal=True)

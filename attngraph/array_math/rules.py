@@ -276,3 +276,18 @@ def _gather(ctx, table, indices):
     xp = ctx.state.xp
     flat = xp.take(table, xp.reshape(indices, (-1,)), axis=0)
     return xp.reshape(flat, tuple(indices.shape) + tuple(table.shape[1:]))
+
+
+# ---- varlen_attention: each packed sequence on its own slices (array_math/varlen.py) ----------------------------
+
+@ARRAY_RULES.register(Op.VARLEN_ATTENTION)
+def _varlen_attention(ctx, q, k, v, cu_q, cu_k):
+    from attngraph.array_math.varlen import varlen_attention
+
+    cd = ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype)
+    y = varlen_attention(ctx.state.xp, q, k, v, cu_q, cu_k, scale=float(ctx.attr("scale")),
+                         causal=bool(ctx.attr("causal")), bottom_right=ctx.attr("align") == "bottom_right", compute=cd,
+                         max_bytes=ctx.state.max_scores_bytes, device=ctx.state.device,
+                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")),
+                         softcap=float(ctx.attr("softcap")))
+    return out(ctx, y)

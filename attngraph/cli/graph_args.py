@@ -107,6 +107,9 @@ def add_graph_args(p: argparse.ArgumentParser) -> None:
     pos.add_argument("--rel-buckets", type=positive_int, default=32, help="T5 num_buckets")
     pos.add_argument("--rel-max-distance", type=positive_int, default=128, help="T5 max_distance")
     g.add_argument("--return-weights", action="store_true", help="attention weights as an output")
+    g.add_argument("--varlen", nargs="?", const="bottom_right", choices=["bottom_right", "top_left"],
+                   help="packed variable-length core (varlen_attention: q/k/v packed, cu_seqlens_q/k; --causal "
+                        "aligned per sequence as given, bottom_right by default); sizes: batch sequences of q-len")
     g.add_argument("--layout", choices=["4d", "3d"], default="4d", help="core attention input layout")
     g.add_argument("--dtype", choices=FLOAT_DTYPES, default="float32", help="storage dtype of the graph")
     p.add_argument("--pipeline", choices=sorted(PIPELINES), default="O0", help="passes to run (O0: none)")
@@ -116,6 +119,8 @@ def graph_from_args(args: argparse.Namespace) -> Graph:
     """The graph the flags describe, after ``--pipeline``."""
     if args.load:
         graph = load_graph(args.load)
+    elif getattr(args, "varlen", None):
+        graph = _varlen_from_args(args)
     else:
         config = AttentionConfig(
             kind=args.kind, num_heads=args.heads, d_model=None if args.kind == "core" else args.d_model,
@@ -144,3 +149,25 @@ def load_weights(path: str, graph: Graph):
         return Weights.load(path).check(graph)
     except WeightError as e:
         raise WeightError(f"--weights {path!r}: {e}; or leave out --weights for random ones") from None
+
+
+# flags a packed varlen core has no use for: refused rather than silently dropped
+_NOT_VARLEN = ("kdim", "vdim", "bias_on", "key_padding", "mask", "clip_qkv", "kv_cache",
+               "max_len", "rotary", "rotary_dim", "position_ids", "rope_cache", "qk_norm", "sinks", "alibi",
+               "rel_bias", "return_weights")
+
+
+def _varlen_from_args(args: argparse.Namespace) -> Graph:
+    from attngraph.errors import ConfigError
+    from attngraph.frontends.varlen import varlen_attention
+
+    given = [f"--{n.replace('_', '-')}" for n in _NOT_VARLEN if getattr(args, n, None)]
+    if given:
+        raise ConfigError(f"--varlen builds the packed core alone (q/k/v, cu_seqlens, --causal, --window, --scale, "
+                          f"--softcap); it "
+                          f"takes no "
+                          f"{', '.join(given)}. Fix: drop them, or build the graph in Python and --load it")
+    return varlen_attention(args.heads, args.head_dim or args.d_model // args.heads, num_kv_heads=args.kv_heads,
+                            v_head_dim=args.v_head_dim, causal=args.causal, align=args.varlen, scale=args.scale,
+                            window=tuple(args.window) if args.window else None, softcap=args.softcap,
+                            dtype=args.dtype)

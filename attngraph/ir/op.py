@@ -44,6 +44,7 @@ class Op(enum.StrEnum):
     # ---- attention ops: fused
     ATTENTION = "attention"        # the whole core in one op; created by passes.fuse_attention
     LATENT_ATTENTION = "latent_attention"  # MLA's absorbed core on the latent cache; created by passes.absorb_mla
+    VARLEN_ATTENTION = "varlen_attention"  # packed sequences cut by cu_seqlens_q/k; attrs: scale, causal, align, window
     # ---- primitives: values
     CONST = "const"                # a scalar or 1-D constant (a symbolic dim's value too); attrs: value, dtype
     IOTA = "iota"                  # 0, 1, ..., length-1; attrs: length (may be symbolic), dtype

@@ -102,6 +102,17 @@ SEMANTICS: tuple[Rule, ...] = (
     Rule("MLA absorbed form (`absorb_mla`)", "the same function as the naive form: `W_UK` (from `w_kv_b`) folded into "
          "the query, `latent_attention` with the latent as key and value, `W_UV` after the weighted sum",
          ("mla_naive", "mla_absorbed")),
+    Rule("packed variable-length batches (`varlen_attention`)", "sequences concatenated on the sequence axis of "
+         "`(1, H, total, D)`, cut by `cu_seqlens_q` / `cu_seqlens_k` (`0 = cu[0] <= ... <= cu[N] = total`, the same "
+         "`N` for both); a query sees only the keys of its own sequence; `causal` compares local positions, query "
+         "`a` sees key `c` iff `c <= a + offset_s`, `offset_s = len_k(s) - len_q(s)` with `align=\"bottom_right\"` "
+         "(flash-attention's varlen, xformers `...FromBottomRight`) or `0` with `align=\"top_left\"` (xformers "
+         "`BlockDiagonalCausalMask`); a window `(left, right)` keeps local keys `a + offset_s - left ... a + offset_s "
+         "+ right` (flash-attention's `window_size`); `softcap` caps the scaled scores before the masks; a query "
+         "with no visible key gives 0; a bad `cu_seqlens` is an `InputError`",
+         ("varlen_empty_and_single_token_sequences", "varlen_causal_bottom_right_q_ne_k", "varlen_causal_top_left",
+          "varlen_nan_does_not_cross_sequences", "varlen_masked_future_key_nan", "varlen_block_diagonal_gqa",
+          "varlen_sliding_window_bottom_right", "varlen_two_sided_window_top_left", "varlen_softcap_causal")),
 )
 
 

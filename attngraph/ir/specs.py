@@ -26,8 +26,10 @@ from attngraph.ir.position_specs import POSITION_SPECS
 from attngraph.ir.primitive_specs import PRIMITIVE_SPECS
 from attngraph.ir.spec_helpers import REQUIRED, OpSpec
 from attngraph.ir.types import TensorType
+from attngraph.ir.varlen_specs import VARLEN_SPECS
 
-OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **POSITION_SPECS, **CACHE_SPECS, **LATENT_SPECS, **PRIMITIVE_SPECS}[op] for op in Op}
+OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **POSITION_SPECS, **CACHE_SPECS, **LATENT_SPECS, **VARLEN_SPECS,
+                         **PRIMITIVE_SPECS}[op] for op in Op}
 
 # attributes holding a dim (int or symbol): kept in canonical spelling so equal dims compare equal
 DIM_ATTRS = frozenset({"offset", "length", "start", "stop"})

@@ -28,6 +28,7 @@ import numpy as np
 from attngraph.errors import InputError
 from attngraph.ir import Graph, Node, Op, Value, dims
 from attngraph.ir.types import INT_DTYPES
+from attngraph.lowering.varlen_checks import check_varlen, varlen_plans
 
 # the integer ops a checked value may be computed with (what the constructors and importers emit)
 _INDEX_OPS = frozenset({Op.CONST, Op.IOTA, Op.CAST, Op.RESHAPE, Op.ADD, Op.SUB, Op.MINIMUM, Op.MAXIMUM})
@@ -94,8 +95,11 @@ class ValueChecks:
         # an input read as it is comes first, so its message names it (not an expression computed from it)
         plans.sort(key=lambda plan: bool(plan[1]))
         self._plans = tuple(plans)
+        self._varlen = varlen_plans(graph)  # packed sequences' cu_seqlens (varlen_checks)
 
     def __call__(self, given: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
+        if self._varlen:
+            check_varlen(self._varlen, given, sizes)
         env: dict[str, np.ndarray] = {}
         for bound, cone, sources in self._plans:
             values = _evaluate(bound, cone, given, sizes, env)

@@ -36,7 +36,7 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _KERNEL_LOCK = threading.Lock()
 _BLAS = ThreadpoolController()  # found once: a fresh threadpool_limits() rescans the loaded libraries (~0.4 ms)
 
-rules = numpy_rules.extended("numba", without=(Op.ATTENTION,))
+rules = numpy_rules.extended("numba", without=(Op.ATTENTION, Op.VARLEN_ATTENTION))
 
 # OpenBLAS runs a product through its lock-free small-matrix kernel only while M*N*K <= 1e6; above
 # that, BLAS calls from the kernel's threads serialise on a lock (measured: 2.4x slower with two
@@ -171,3 +171,38 @@ def _latent_dense(ctx: NodeCtx, named: dict, q_lat, q_rope, latent, rope_key):
     s = apply_mask(np, s, 0, named, **mask_args(ctx, named, s.shape[2]))
     y = grouped_matmul(np, safe_softmax(np, s), latent, False, skip_zero_weights=True)
     return y.astype(ctx.state.dtype(ctx.node.output.type.dtype), copy=False)
+
+
+# ---- varlen_attention (packed variable-length sequences): per-sequence tiles (varlen.py) -------------------------
+
+@rules.register(Op.VARLEN_ATTENTION)
+def _varlen_attention(ctx: NodeCtx, q, k, v, cu_q, cu_k):
+    from attngraph_backends.numba.varlen import plan_tiles, varlen_attention
+
+    from attngraph.lowering.varlen_checks import check_cu_seqlens
+
+    st = ctx.state
+    cd = st.compute_dtype(ctx.node.inputs[0].type.dtype)
+    qc, kc, vc = (np.ascontiguousarray(x[0], dtype=cd) for x in (q, k, v))  # the batch axis is 1: (H, T, D)
+    cq, ck = np.ascontiguousarray(cu_q, np.int64), np.ascontiguousarray(cu_k, np.int64)
+    # the kernel indexes with these unchecked: a computed cu_seqlens (not a graph input, so not checked by
+    # value_checks) is checked here, O(num_seqs), rather than read out of bounds
+    for cu, index, what, packed in ((cq, 3, "queries", qc), (ck, 4, "keys", kc)):
+        check_cu_seqlens(ctx.node.inputs[index].name, what, cu, packed.shape[1])
+    hq, dv = qc.shape[0], vc.shape[2]
+    causal, bottom_right = bool(ctx.attr("causal")), ctx.attr("align") == "bottom_right"
+    block_q = int(st.extra["block_q"])
+    block_k = int(st.extra["block_k"]) or auto_block_k(block_q, max(kc.shape[2], dv))
+    out = np.zeros((hq, qc.shape[1], dv), cd)
+    if st.extra["threads"]:
+        numba.set_num_threads(int(st.extra["threads"]))
+    group = hq // kc.shape[0]
+    per_tile = max(1, block_q // group)  # queries per tile: the group's q heads stacked keep block_q rows
+    wl, wr = int(ctx.attr("window_left")), int(ctx.attr("window_right"))
+    tiles = plan_tiles(cq, ck, kc.shape[0], per_tile, causal, bottom_right, wl, wr)
+    with _KERNEL_LOCK, _BLAS.limit(limits=1, user_api="blas"):
+        varlen_attention(qc, kc, vc, cq, ck, tiles, max(1, min(numba.get_num_threads(), len(tiles))),
+                         cd.type(ctx.attr("scale")), causal, bottom_right, wl, wr, cd.type(ctx.attr("softcap")),
+                         per_tile, block_k,
+                         int(np.diff(cq).max(initial=0)) > DECODE_MAX_QUERIES, out)
+    return out[None].astype(st.dtype(ctx.node.output.type.dtype), copy=False)

@@ -14,7 +14,7 @@ from attngraph.array_math.positions import PositionBiases
 from attngraph.array_math.rules import ARRAY_RULES, compute, mask_args, operands_of, out
 from attngraph.ir import Op
 
-rules = ARRAY_RULES.extended("torch", without=(Op.LINEAR, Op.ATTENTION))
+rules = ARRAY_RULES.extended("torch", without=(Op.LINEAR, Op.ATTENTION, Op.VARLEN_ATTENTION))
 
 # Steps with at most this many queries (decode, short chunks) skip SDPA: see ``_attention``.
 EXPLICIT_MAX_QUERIES = 16
@@ -91,3 +91,30 @@ def _decode_plan(q, k, named, mask, softcap, want, biases):
 def _tables(named: dict) -> tuple:
     """T5's bias table, when present: it enters SDPA's mask, so it must be finite too."""
     return (named["rel_table"],) if "rel_table" in named else ()
+
+
+@rules.register(Op.VARLEN_ATTENTION)
+def _varlen_attention(ctx, q, k, v, cu_q, cu_k):
+    """Each packed sequence on its own slices (``array_math.varlen``), through SDPA when every value is finite
+    (SDPA is exact then; see ``_attention``), else the shared chunked attention."""
+    from attngraph.array_math.varlen import varlen_attention
+
+    cd = ctx.state.compute_dtype(ctx.node.inputs[0].type.dtype)
+    scale = float(ctx.attr("scale"))
+    qc, kc, vc = (compute(ctx, x, i) for i, x in enumerate((q, k, v)))
+    exact = ctx.state.extra["sdpa"] and all(bool(torch.isfinite(x.sum())) for x in (qc, kc, vc))
+
+    softcap = float(ctx.attr("softcap"))
+
+    def attend(qs, ks, vs, mask):
+        plan = K.sdpa_plan({}, softcap=softcap, return_weights=False, **mask)
+        if not exact or plan == "explicit":  # SDPA has no softcap: the shared chunked attention
+            return None
+        return K.sdpa_attention(qs, ks, vs, {}, scale=scale, plan=plan, **mask)
+
+    y = varlen_attention(xp, qc, kc, vc, cu_q, cu_k, scale=scale, causal=bool(ctx.attr("causal")),
+                         bottom_right=ctx.attr("align") == "bottom_right", compute=cd,
+                         max_bytes=ctx.state.max_scores_bytes, device=q.device, attend=attend,
+                         window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")),
+                         softcap=softcap)
+    return out(ctx, y)

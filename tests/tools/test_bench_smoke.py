@@ -72,3 +72,21 @@ def test_latent_bench_quick_runs_every_contender(tmp_path):
         err = float(row.rstrip(" |").split("|")[-1])
         assert err < 1e-5, row
     assert "x the floor" in text and "bytes read by the step" in text
+
+
+def test_varlen_bench_quick_runs_every_contender(tmp_path):
+    """``python -m bench.varlen --quick``: the packed varlen prefill and the padded batch, attngraph's and torch SDPA's,
+    a time and an error against the float64 per-sequence reference for each, and the load recorded."""
+    out = tmp_path / "varlen.md"
+    cmd = [sys.executable, "-m", "bench.varlen", "--quick", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    names = ["attngraph-numba varlen", "attngraph-numba padded", "attngraph-torch varlen", "attngraph-numpy varlen",
+             "attngraph-onnx varlen", "torch SDPA block-diagonal", "torch SDPA padded"]
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
+    assert set(names) <= set(rows), text
+    for name in names:
+        assert float(rows[name][0]) > 0 and float(rows[name][-1]) < 1e-5, (name, rows[name])
+    assert "Load before" in text

@@ -15,9 +15,10 @@ from attngraph.conformance.reference.attention_ops import ATTENTION_OPS
 from attngraph.conformance.reference.latent_ops import LATENT_OPS
 from attngraph.conformance.reference.position_ops import POSITION_OPS
 from attngraph.conformance.reference.primitive_ops import PRIMITIVE_OPS
+from attngraph.conformance.reference.varlen_ops import VARLEN_OPS
 from attngraph.ir import Graph, Op, dims
 
-RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **PRIMITIVE_OPS}[op] for op in Op}
+RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **VARLEN_OPS, **PRIMITIVE_OPS}[op] for op in Op}
 
 
 def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> dict:
