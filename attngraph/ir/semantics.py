@@ -102,6 +102,16 @@ SEMANTICS: tuple[Rule, ...] = (
     Rule("MLA absorbed form (`absorb_mla`)", "the same function as the naive form: `W_UK` (from `w_kv_b`) folded into "
          "the query, `latent_attention` with the latent as key and value, `W_UV` after the weighted sum",
          ("mla_naive", "mla_absorbed")),
+    Rule("quantized KV cache (`kv_cache_dtype`)", "`int8` or `float8_e4m3fn` storage of a static/rolling cache, written "
+         "at write time as `q = round_half_even(clamp(x / s, -QMAX, QMAX))` computed in float32 (QMAX 127 for int8, "
+         "448 for float8, whose grid rounds to nearest even), read as `float32(q) * s`; `kv_scale=\"per_token_head\"`: "
+         "`s = amax(|x|) / QMAX` over each written token's head dims (1 for an all-zero token), kept in float32 "
+         "`past/present_key_scale` buffers; `\"per_head\"`: calibrated float32 `k_scale`/`v_scale` parameters, values "
+         "beyond them saturate; int8 stores NaN as 0 (a per-token scale of a NaN token is NaN); the output is within "
+         "a bound derived from the step of the unquantized attention (`conformance.quant_budgets`)",
+         ("quant_int8_outlier_per_token", "quant_int8_outlier_per_head", "quant_int8_round_half_even",
+          "quant_int8_chunk", "quant_float8_outlier_per_token", "quant_float8_per_head",
+          "quant_float8_round_half_even")),
 )
 
 
