@@ -171,3 +171,7 @@ def _latent_dense(ctx: NodeCtx, named: dict, q_lat, q_rope, latent, rope_key):
     s = apply_mask(np, s, 0, named, **mask_args(ctx, named, s.shape[2]))
     y = grouped_matmul(np, safe_softmax(np, s), latent, False, skip_zero_weights=True)
     return y.astype(ctx.state.dtype(ctx.node.output.type.dtype), copy=False)
+
+
+# ---- quant_attention (a quantized KV cache): the int8 / float8 decode kernel (quant_rule.py, quant_decode.py) ---
+from attngraph_backends.numba import quant_rule  # noqa: E402,F401 - registers its rule in `rules`
