@@ -133,3 +133,18 @@ ONE_NODE[Op.VARLEN_ATTENTION] = lambda: _one(
                           ("cq", "int32", ("n",)), ("ck", "int32", ("n",))],
     [_arr((1, 4, 5, 4)), _arr((1, 2, 6, 4)), _arr((1, 2, 6, 4)), np.array([0, 2, 2, 5], np.int32),
      np.array([0, 3, 5, 6], np.int32)], scale=0.5, causal=True)
+# the quantized KV cache (int8): ties at half a step and values past the saturation bound; scales powers of two
+_QSCALE = (2.0 ** RNG.integers(-4, 2, size=(2, 2, 3, 1))).astype(np.float32)
+_QX = (_QSCALE * np.concatenate([RNG.integers(-150, 150, size=(2, 2, 3, 3)) + 0.5,
+                                 RNG.uniform(-130, 130, size=(2, 2, 3, 3))], axis=-1)).astype(np.float32)
+ONE_NODE[Op.QUANTIZE] = lambda: _one(Op.QUANTIZE, [("x", F32, ("batch", 2, 3, 6)), ("s", F32, ("batch", 2, 3, 1))],
+                                     [_QX, _QSCALE], dtype="int8")
+ONE_NODE[Op.DEQUANTIZE] = lambda: _one(Op.DEQUANTIZE, [("q", "int8", ("batch", 2, 3, 6)), ("s", F32, ("batch", 2, 3, 1))],
+                                       [RNG.integers(-127, 128, size=(2, 2, 3, 6)).astype(np.int8), _QSCALE])
+ONE_NODE[Op.QUANT_ATTENTION] = lambda: _one(
+    Op.QUANT_ATTENTION, [("q", F32, ("batch", 4, "q_len", 6)), ("k", "int8", ("batch", 2, "kv", 6)),
+                         ("ks", F32, ("batch", 2, "kv", 1)), ("v", "int8", ("batch", 2, "kv", 5)),
+                         ("vs", F32, (2, 1, 1)), ("n", "int64", ("batch",))],
+    [_arr((2, 4, 2, 6)), RNG.integers(-127, 128, size=(2, 2, 7, 6)).astype(np.int8), _arr((2, 2, 7, 1), 0.001, 0.03),
+     RNG.integers(-127, 128, size=(2, 2, 7, 5)).astype(np.int8), _arr((2, 1, 1), 0.001, 0.03), np.array([7, 3])],
+    scale=0.4, causal=True, align="lengths", operands=("lengths",))

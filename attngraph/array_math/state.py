@@ -42,7 +42,7 @@ def numpy_dtypes() -> dict[DType, Any]:
             self[key] = to_numpy(key)
             return self[key]
 
-    table = _Lazy({d: np.dtype(d.value) for d in DType if d is not DType.BFLOAT16})
+    table = _Lazy({d: np.dtype(d.value) for d in DType if d not in (DType.BFLOAT16, DType.FLOAT8_E4M3FN)})
     return table
 
 

@@ -18,7 +18,9 @@ The knobs, grouped (each convention is the semantics table's, ``attngraph.ir.sem
 * cache and outputs: ``kv_cache`` (False; True or "concat": ``present = concat(past, new)``; "static": fixed
   (batch, kv_heads, ``max_len``, head_dim) buffers written at each row's ``cache_lengths``, ``max_len`` an int or
   a dim name; "rolling": the same with circular writes, ``max_len`` = the sliding window), ``max_len``,
-  ``score_outputs``, ``name``.
+  ``kv_cache_dtype`` (None; "int8" or "float8_e4m3fn": the static/rolling cache stored quantized) with
+  ``kv_scale`` ("per_token_head": a scale per written token and head, kept in past/present_key_scale buffers;
+  "per_head": calibrated parameters k_scale/v_scale), ``score_outputs``, ``name``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from attngraph.ir import DType, dims
 SCORE_STAGES = {"scaled": "qk_scaled", "softcapped": "qk_softcapped", "masked": "qk_masked", "weights": "attn_weights"}
 KINDS = ("self", "cross", "core")
 QK_NORMS = ("rms", "rms_plus_one", "rms_full")
+QUANT_CACHE_DTYPES = ("int8", "float8_e4m3fn")
+KV_SCALES = ("per_token_head", "per_head")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class AttentionConfig:
     rel_bidirectional: bool | None = None
     kv_cache: bool | str = False
     max_len: int | str | None = None
+    kv_cache_dtype: str | None = None
+    kv_scale: str = "per_token_head"
     score_outputs: tuple[str, ...] = field(default=())
     layout: str = "4d"
     dtype: str = "float32"
@@ -167,6 +173,22 @@ def _validate_shape(c: AttentionConfig) -> None:
         fail(f"clip_qkv must be a finite number > 0 (or None for off), got {c.clip_qkv!r}")
 
 
+def _validate_quant_cache(c: AttentionConfig) -> None:
+    """The quantized cache (``attngraph.ir.quant_specs``): a static or rolling float32 cache only."""
+    if c.kv_cache_dtype is None:
+        return
+    if c.kv_cache_dtype not in QUANT_CACHE_DTYPES:
+        _fail(f"kv_cache_dtype={c.kv_cache_dtype!r} is unknown; choose one of {QUANT_CACHE_DTYPES} (or None)")
+    if c.kv_scale not in KV_SCALES:
+        _fail(f"kv_scale={c.kv_scale!r} is unknown; choose one of {KV_SCALES}")
+    if c.cache not in ("static", "rolling"):
+        _fail(f"kv_cache_dtype={c.kv_cache_dtype!r} quantizes a fixed cache buffer: set kv_cache='static' or "
+              f"'rolling' (got kv_cache={c.kv_cache!r})")
+    if c.dtype != "float32":
+        _fail(f"kv_cache_dtype={c.kv_cache_dtype!r} is built for float32 graphs (the scales are float32), got "
+              f"dtype={c.dtype!r}: build with dtype='float32'")
+
+
 def _validate_cache(c: AttentionConfig) -> None:
     fail = _fail
     if c.kv_cache not in (False, True, None, "concat", "static", "rolling"):
@@ -182,6 +204,7 @@ def _validate_cache(c: AttentionConfig) -> None:
             fail(f"kv_cache={c.cache!r} masks by its own cache_lengths input: drop mask/key_padding (pad by lengths)")
     elif c.max_len is not None:
         fail("max_len is the length of a static or rolling cache: set kv_cache='static' or 'rolling'")
+    _validate_quant_cache(c)
     if c.cache == "rolling":
         left = c.window[0] if c.window else -1
         if not c.causal or left != c.max_len - 1:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from attngraph.errors import ConfigError
 from attngraph.frontends.config import SCORE_STAGES, AttentionConfig
 from attngraph.frontends.positions import alibi_slopes, rope_frequencies
+from attngraph.frontends.quant_cache import write_quant_cache
 from attngraph.ir import DType, Graph, Op, Value, dims
 from attngraph.ir.builder import GraphBuilder
 
@@ -41,13 +42,15 @@ def build_attention(config: AttentionConfig) -> Graph:
     cache_lengths = b.input("cache_lengths", DType.INT64, ("batch",)) if c.cache in ("static", "rolling") else None
     q, k = _rotate(b, c, dt, q, k, cache_lengths)
     mask_inputs = {}
+    cache_outputs: list[Value] = []
     if c.cache == "concat":
         past_k = b.input("past_key", dt, ("batch", hkv, "past_len", d))
         past_v = b.input("past_value", dt, ("batch", hkv, "past_len", dv))
         k = b.op(Op.CONCAT, past_k, k, axis=2, name="present_key")
         v = b.op(Op.CONCAT, past_v, v, axis=2, name="present_value")
+        cache_outputs = [k, v]
     elif cache_lengths is not None:
-        k, v, mask_inputs["lengths"] = _write_cache(b, c, dt, k, v, cache_lengths)
+        k, v, mask_inputs["lengths"], cache_outputs = _write_cache(b, c, dt, k, v, cache_lengths)
     kv_total = dims.add("past_len", kv_len) if c.cache == "concat" else kv_len
     mask_inputs.update(_mask_inputs(b, c, dt, kv_total))
     stages: dict[str, Value] = {}
@@ -59,8 +62,7 @@ def build_attention(config: AttentionConfig) -> Graph:
     core4d = c.kind == "core" and c.layout == "4d"
     ctx = b.op(Op.WEIGHTED_SUM, probs, v, name="y" if core4d else "context")
     outputs = [_project_output(b, c, dt, ctx, c.num_heads * dv)]
-    if c.cache:
-        outputs += [k, v]
+    outputs += cache_outputs
     outputs += [stages[s] for s in SCORE_STAGES if s in c.score_outputs]
     return b.build(outputs)
 
@@ -153,17 +155,21 @@ def _rotate(b: GraphBuilder, c: AttentionConfig, dt: DType, q: Value, k: Value,
 def _write_cache(b: GraphBuilder, c: AttentionConfig, dt: DType, k: Value, v: Value, lengths: Value):
     """The static (or rolling) cache: the new keys and values written into fixed buffers at each row's
     ``cache_lengths``; attention then reads keys [0, lengths + q_len) of the buffer (all of a full rolling one)."""
-    shape = ("batch", c.kv_heads, c.max_len if isinstance(c.max_len, str) else int(c.max_len))
-    past_k = b.input("past_key", dt, shape + (c.qk_head_dim,))
-    past_v = b.input("past_value", dt, shape + (c.value_head_dim,))
     mode = "linear" if c.cache == "static" else "circular"
-    k = b.op(Op.CACHE_UPDATE, past_k, k, lengths, mode=mode, name="present_key")
-    v = b.op(Op.CACHE_UPDATE, past_v, v, lengths, mode=mode, name="present_value")
+    if c.kv_cache_dtype:  # quantized at write time, read back dequantized (frontends.quant_cache)
+        k, v, cache_outputs = write_quant_cache(b, c, k, v, lengths, mode)
+    else:
+        shape = ("batch", c.kv_heads, c.max_len if isinstance(c.max_len, str) else int(c.max_len))
+        past_k = b.input("past_key", dt, shape + (c.qk_head_dim,))
+        past_v = b.input("past_value", dt, shape + (c.value_head_dim,))
+        k = b.op(Op.CACHE_UPDATE, past_k, k, lengths, mode=mode, name="present_key")
+        v = b.op(Op.CACHE_UPDATE, past_v, v, lengths, mode=mode, name="present_value")
+        cache_outputs = [k, v]
     total = b.op(Op.ADD, lengths, b.op(Op.CONST, value="q_len", dtype="int64", name="new_tokens"), name="kv_lengths")
     if c.cache == "rolling":
         total = b.op(Op.MINIMUM, total, b.op(Op.CONST, value=int(c.max_len), dtype="int64", name="max_len"),
                      name="kv_lengths_held")
-    return k, v, total
+    return k, v, total, cache_outputs
 
 
 def _mask_inputs(b: GraphBuilder, c: AttentionConfig, dt: DType, kv_total: dims.Dim) -> dict[str, Value]:

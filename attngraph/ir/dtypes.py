@@ -18,6 +18,12 @@ def to_numpy(dtype: DType) -> np.dtype:
         except ImportError:
             raise AttnGraphError("bfloat16 needs the ml_dtypes package: pip install ml_dtypes") from None
         return np.dtype(ml_dtypes.bfloat16)
+    if dtype is DType.FLOAT8_E4M3FN:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise AttnGraphError("a float8_e4m3fn KV cache needs the ml_dtypes package: pip install ml_dtypes") from None
+        return np.dtype(ml_dtypes.float8_e4m3fn)
     return np.dtype(dtype.value)
 
 

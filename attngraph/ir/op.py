@@ -45,6 +45,10 @@ class Op(enum.StrEnum):
     ATTENTION = "attention"        # the whole core in one op; created by passes.fuse_attention
     LATENT_ATTENTION = "latent_attention"  # MLA's absorbed core on the latent cache; created by passes.absorb_mla
     VARLEN_ATTENTION = "varlen_attention"  # packed sequences cut by cu_seqlens_q/k; attrs: scale, causal, align, window
+    # ---- attention ops: the quantized KV cache (attngraph.ir.quant_specs)
+    QUANTIZE = "quantize"          # x / scale, saturated, rounded half to even, stored int8 / float8; attrs: dtype
+    DEQUANTIZE = "dequantize"      # float(q) * scale; attrs: dtype (the float result)
+    QUANT_ATTENTION = "quant_attention"  # attention reading a quantized K/V and their scales; passes.fuse_quant_attention
     # ---- primitives: values
     CONST = "const"                # a scalar or 1-D constant (a symbolic dim's value too); attrs: value, dtype
     IOTA = "iota"                  # 0, 1, ..., length-1; attrs: length (may be symbolic), dtype

@@ -113,6 +113,16 @@ SEMANTICS: tuple[Rule, ...] = (
          ("varlen_empty_and_single_token_sequences", "varlen_causal_bottom_right_q_ne_k", "varlen_causal_top_left",
           "varlen_nan_does_not_cross_sequences", "varlen_masked_future_key_nan", "varlen_block_diagonal_gqa",
           "varlen_sliding_window_bottom_right", "varlen_two_sided_window_top_left", "varlen_softcap_causal")),
+    Rule("quantized KV cache (`kv_cache_dtype`)", "`int8` or `float8_e4m3fn` storage of a static/rolling cache, written "
+         "at write time as `q = round_half_even(clamp(x / s, -QMAX, QMAX))` computed in float32 (QMAX 127 for int8, "
+         "448 for float8, whose grid rounds to nearest even), read as `float32(q) * s`; `kv_scale=\"per_token_head\"`: "
+         "`s = amax(|x|) / QMAX` over each written token's head dims (1 for an all-zero token), kept in float32 "
+         "`past/present_key_scale` buffers; `\"per_head\"`: calibrated float32 `k_scale`/`v_scale` parameters, values "
+         "beyond them saturate; int8 stores NaN as 0 (a per-token scale of a NaN token is NaN); the output is within "
+         "a bound derived from the step of the unquantized attention (`conformance.quant_budgets`)",
+         ("quant_int8_outlier_per_token", "quant_int8_outlier_per_head", "quant_int8_round_half_even",
+          "quant_int8_chunk", "quant_float8_outlier_per_token", "quant_float8_per_head",
+          "quant_float8_round_half_even")),
 )
 
 

@@ -18,6 +18,9 @@ class DType(enum.StrEnum):
     BOOL = "bool"
     INT32 = "int32"
     INT64 = "int64"
+    # quantized storage (a KV cache written by ``quantize``, read by ``dequantize``): no math runs in them
+    INT8 = "int8"
+    FLOAT8_E4M3FN = "float8_e4m3fn"
 
     @property
     def short(self) -> str:
@@ -47,9 +50,12 @@ class DType(enum.StrEnum):
 _SHORT = {
     DType.FLOAT16: "f16", DType.BFLOAT16: "bf16", DType.FLOAT32: "f32", DType.FLOAT64: "f64",
     DType.BOOL: "bool", DType.INT32: "i32", DType.INT64: "i64",
+    DType.INT8: "i8", DType.FLOAT8_E4M3FN: "f8e4m3fn",
 }
 FLOAT_DTYPES = frozenset({DType.FLOAT16, DType.BFLOAT16, DType.FLOAT32, DType.FLOAT64})
 INT_DTYPES = frozenset({DType.INT32, DType.INT64})
+# storage of a quantized KV cache: int8 (round half to even, saturate to +-127) or float8 e4m3fn (ml_dtypes)
+QUANT_DTYPES = frozenset({DType.INT8, DType.FLOAT8_E4M3FN})
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,7 @@ from attngraph.lowering.value_checks import ValueChecks
 from attngraph.lowering.weights import Weights
 from attngraph.passes.decompose import covered_ops, decompose
 from attngraph.passes.fuse_attention import fuse_attention
+from attngraph.passes.fuse_quant_attention import fuse_quant_attention
 
 ALL_DTYPES = frozenset(DType)
 
@@ -142,6 +143,8 @@ class Backend:
         """Rewrite the graph for this backend: fuse the core when allowed, expand ops without a rule."""
         if options.get("fuse") and Op.ATTENTION in self.rules:
             graph = fuse_attention(graph)
+        if options.get("fuse") and Op.QUANT_ATTENTION in self.rules:  # a kernel reading the quantized cache
+            graph = fuse_quant_attention(graph)
         return decompose(graph, keep=frozenset(self.rules))
 
     def make_state(self, graph: Graph, options: dict[str, Any]) -> Any:

@@ -18,4 +18,4 @@ MIN_OPSET = {"decomposed": 17, "attention": 23, "contrib": 17}
 IR_VERSION = 10  # onnx 1.23 stamps 14, which onnxruntime 1.31 rejects
 ONNX_TYPES = {DType.FLOAT16: TensorProto.FLOAT16, DType.BFLOAT16: TensorProto.BFLOAT16,
               DType.FLOAT32: TensorProto.FLOAT, DType.FLOAT64: TensorProto.DOUBLE, DType.BOOL: TensorProto.BOOL,
-              DType.INT32: TensorProto.INT32, DType.INT64: TensorProto.INT64}
+              DType.INT32: TensorProto.INT32, DType.INT64: TensorProto.INT64, DType.INT8: TensorProto.INT8}

@@ -19,13 +19,14 @@ from attngraph.passes.dce import eliminate_dead_code
 from attngraph.passes.decompose import decompose, decompose_attention
 from attngraph.passes.fold_scales import fold_scales
 from attngraph.passes.fuse_attention import fuse_attention
+from attngraph.passes.fuse_quant_attention import fuse_quant_attention
 from attngraph.passes.fuse_qkv import fuse_qkv_projection, unfuse_qkv_projection
 
 Pass = Callable[[Graph], Graph]
 
 PIPELINES: dict[str, tuple[Pass, ...]] = {
     "O0": (),
-    "O1": (fold_scales, fuse_qkv_projection, fuse_attention, eliminate_dead_code),
+    "O1": (fold_scales, fuse_qkv_projection, fuse_attention, fuse_quant_attention, eliminate_dead_code),
 }
 
 
@@ -54,5 +55,5 @@ def run_pipeline(graph: Graph, passes: str | Sequence[Pass] = "O1", *, verify: b
 
 __all__ = [
     "PIPELINES", "Pass", "decompose", "decompose_attention", "eliminate_dead_code", "fold_scales",
-    "fuse_attention", "fuse_qkv_projection", "run_pipeline", "unfuse_qkv_projection",
+    "fuse_attention", "fuse_qkv_projection", "fuse_quant_attention", "run_pipeline", "unfuse_qkv_projection",
 ]

@@ -15,7 +15,7 @@ from attngraph_backends.onnx.fused import ATTENTION_STYLE, CONTRIB_STYLE
 from attngraph_backends.onnx.rules import DECOMPOSED
 from onnx import helper
 
-from attngraph.errors import AttnGraphError
+from attngraph.errors import AttnGraphError, Unsupported
 from attngraph.ir import DType, Graph, Op
 from attngraph.ir.verify import verify_graph
 from attngraph.lowering import interpret
@@ -62,6 +62,7 @@ def to_onnx(graph: Graph, weights=None, *, style: str = "auto", opset: int | Non
     attngraph export (its metadata says ``attngraph.guards: off``, and ``compile(path)`` runs it as the
     ONNX it is); ``attngraph optimize --no-guards`` uses it where speed at small shapes matters."""
     verify_graph(graph)
+    refuse_float8(graph)
     if style == "auto":
         style = choose_style(graph, opset)
     if style not in STYLES:
@@ -102,3 +103,13 @@ def _version() -> str:
     from attngraph.version import __version__
 
     return __version__
+
+
+def refuse_float8(graph: Graph) -> None:
+    """A float8 KV cache is refused by name: onnxruntime's CPU provider has no float8 Mul/Cast path that this
+    export could rely on, and its NumPy API cannot hand float8 buffers in place; int8 exports as Cast and Mul."""
+    found = [v.name for v in graph.inputs + graph.outputs if v.type.dtype is DType.FLOAT8_E4M3FN]
+    if found:
+        raise Unsupported(f"onnx: graph {graph.name} stores {found} as float8_e4m3fn, which this ONNX export does not "
+                          "run on onnxruntime's CPU provider; use kv_cache_dtype='int8', or the numpy, numba or "
+                          "torch backend for float8")

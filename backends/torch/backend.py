@@ -31,7 +31,7 @@ from attngraph.lowering import Backend, Executable
 
 TORCH_DTYPES = {DType.FLOAT16: torch.float16, DType.BFLOAT16: torch.bfloat16, DType.FLOAT32: torch.float32,
                 DType.FLOAT64: torch.float64, DType.BOOL: torch.bool, DType.INT32: torch.int32,
-                DType.INT64: torch.int64}
+                DType.INT64: torch.int64, DType.INT8: torch.int8, DType.FLOAT8_E4M3FN: torch.float8_e4m3fn}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +52,8 @@ def to_tensor(array: Any, device: torch.device) -> torch.Tensor:
     a = np.asarray(array)
     if a.dtype.name == "bfloat16":  # torch cannot read ml_dtypes' bfloat16: reinterpret the bits
         return torch.from_numpy(np.ascontiguousarray(a).view(np.uint16).copy()).view(torch.bfloat16).to(device)
+    if a.dtype.name == "float8_e4m3fn":  # a quantized cache: the same bits, reinterpreted
+        return torch.from_numpy(np.ascontiguousarray(a).view(np.uint8).copy()).view(torch.float8_e4m3fn).to(device)
     if not a.flags.writeable or any(stride < 0 for stride in a.strides):  # torch takes neither
         a = a.copy()
     return torch.from_numpy(a).to(device)
@@ -62,6 +64,8 @@ def to_array(t: torch.Tensor) -> np.ndarray:
     t = t.detach()
     if t.dtype == torch.bfloat16:
         return t.cpu().view(torch.uint16).numpy().view(to_numpy(DType.BFLOAT16))
+    if t.dtype == torch.float8_e4m3fn:
+        return t.cpu().view(torch.uint8).numpy().view(to_numpy(DType.FLOAT8_E4M3FN))
     return t.cpu().numpy()
 
 

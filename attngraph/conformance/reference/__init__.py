@@ -16,9 +16,11 @@ from attngraph.conformance.reference.latent_ops import LATENT_OPS
 from attngraph.conformance.reference.position_ops import POSITION_OPS
 from attngraph.conformance.reference.primitive_ops import PRIMITIVE_OPS
 from attngraph.conformance.reference.varlen_ops import VARLEN_OPS
+from attngraph.conformance.reference.quant_ops import QUANT_OPS
 from attngraph.ir import Graph, Op, dims
+from attngraph.ir.types import QUANT_DTYPES
 
-RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **VARLEN_OPS, **PRIMITIVE_OPS}[op] for op in Op}
+RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **VARLEN_OPS, **QUANT_OPS, **PRIMITIVE_OPS}[op] for op in Op}
 
 
 def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> dict:
@@ -26,7 +28,9 @@ def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[st
     env, bound = {}, {}
     for value in list(graph.inputs) + list(graph.params):
         arr = np.asarray(inputs[value.name] if value.name in inputs else weights[value.name])
-        env[value] = arr.astype(np.float64) if arr.dtype.kind == "f" or arr.dtype.name == "bfloat16" else arr
+        # a quantized cache (int8, float8) is held as its exact float64 values, as the quantize rule gives them
+        floats = arr.dtype.kind == "f" or arr.dtype.name == "bfloat16" or value.type.dtype in QUANT_DTYPES
+        env[value] = arr.astype(np.float64) if floats else arr
         for d, size in zip(value.type.shape, arr.shape, strict=True):
             if not dims.is_static(d) and dims.canonical(d) in dims.symbols(d):
                 bound[dims.canonical(d)] = int(size)

@@ -20,6 +20,10 @@ def _const(node, bound):
 
 
 def _cast(node, bound, x):
+    if DType(node.attr("dtype")) is DType.FLOAT8_E4M3FN:  # onto the float8 grid (nearest even), held in float64
+        from attngraph.ir.dtypes import to_numpy
+
+        return np.asarray(x, np.float32).astype(to_numpy(DType.FLOAT8_E4M3FN)).astype(np.float64)
     return np.asarray(x).astype(_np_dtype(node.attr("dtype")))  # float -> int truncates toward zero
 
 
