@@ -9,6 +9,7 @@ True). Kernels compile once and are cached on disk (see this package's ``__init_
 from __future__ import annotations
 
 import array_api_compat.numpy as xp
+from attngraph_backends.numba import quant_rule  # noqa: F401 - registers quant_attention's rule in `rules`
 from attngraph_backends.numba.rules import rules
 
 from attngraph.array_math import ArrayState, numpy_dtypes

@@ -206,5 +206,7 @@ def _varlen_attention(ctx: NodeCtx, q, k, v, cu_q, cu_k):
                          per_tile, block_k,
                          int(np.diff(cq).max(initial=0)) > DECODE_MAX_QUERIES, out)
     return out[None].astype(st.dtype(ctx.node.output.type.dtype), copy=False)
+
+
 # ---- quant_attention (a quantized KV cache): the int8 / float8 decode kernel (quant_rule.py, quant_decode.py) ---
-from attngraph_backends.numba import quant_rule  # noqa: E402,F401 - registers its rule in `rules`
+# its rule is registered in `rules` by quant_rule.py itself, imported by backend.py (no import cycle)
