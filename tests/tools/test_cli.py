@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import attngraph as ag
 from attngraph.cli import COMMANDS, main
 
@@ -75,7 +77,10 @@ def test_check_picks_a_backend_runs_the_quick_corpus_and_verifies_onnx(capsys, t
     assert "bool_mask_polarity" in out and "rerun by onnxruntime: ok" in out
     assert (tmp_path / "m.onnx").exists()
     last = out.rstrip().splitlines()[-1]
-    assert last.endswith("0 failed, 1 skipped") or last.endswith("0 failed, 0 skipped"), last
+    assert re.fullmatch(r"\d+ passed, 0 failed, \d+ skipped", last), last
+    # a skip is a refusal by name, never a hidden failure: float64 where the backend has none, float8 on onnx
+    skipped_rows = {ln.split()[0] for ln in out.splitlines() if " skip " in f" {ln} " and not ln.startswith(" ")}
+    assert skipped_rows <= {"causal_mha_float64"} | {n for n in skipped_rows if n.startswith("quant_float8_")}, skipped_rows
 
 
 def test_tune_measures_caches_and_clears(capsys, tmp_path, monkeypatch):
