@@ -42,8 +42,8 @@ RANKING: list[tuple[str, Callable[[Hardware, Problem], bool], tuple[str, ...], s
      "a CUDA GPU is present: torch runs SDPA's fused flash / memory-efficient kernels on it"),
     ("cpu-varlen", lambda hw, p: p.varlen, ("numba", "torch", "onnx", "numpy"),
      "CPU, packed variable-length sequences: Numba's varlen kernel computes each sequence's own tiles only "
-     "(bench/reports/cpu-serving-varlen.md: 8x faster than SDPA with the block-diagonal mask, 4.5x than SDPA on the "
-     "padded batch); the other backends run the dense block-diagonal mask"),
+     "(bench/reports/cpu-serving-varlen.md, prefill: 7.7x faster than SDPA with the block-diagonal mask, 4.3x than "
+     "SDPA on the padded batch); the other backends run the dense block-diagonal mask"),
     ("cpu-decode", lambda hw, p: p.q_len <= 16 and p.kv_len >= 512, ("numba", "onnx", "torch", "numpy"),
      "CPU, a decode step (q_len <= 16) against a long cache: Numba's split-K decode kernel reads each cached "
      "byte once, straight from the caller's buffer (bench/reports/cpu-decode.md: fastest of the backends at "
