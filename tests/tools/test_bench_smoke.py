@@ -90,3 +90,18 @@ def test_varlen_bench_quick_runs_every_contender(tmp_path):
     for name in names:
         assert float(rows[name][0]) > 0 and float(rows[name][-1]) < 1e-5, (name, rows[name])
     assert "Load before" in text
+
+
+def test_quant_bench_quick_runs_every_contender(tmp_path):
+    """``python -m bench.quant --quick``: the fp32 baseline and every quantized contender, each with its error."""
+    out = tmp_path / "quant.md"
+    cmd = [sys.executable, "-m", "bench.quant", "--quick", "--rounds", "1", "--budget", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    for name in ("numba fp32 (baseline)", "numba int8 per token+head", "numba int8 per head", "onnx int8 per token+head"):
+        row = next((line for line in text.splitlines() if line.startswith(f"| {name} |")), None)
+        assert row is not None, f"no row for {name}:\n{text}"
+        assert float(row.rstrip(" |").split("|")[-1]) < 0.1, row  # within the int8 step, far from garbage
+    assert "x the fp32 step" in text
