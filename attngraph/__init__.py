@@ -44,6 +44,7 @@ from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch
 from attngraph.frontends.transformers import from_transformers
 from attngraph.frontends.varlen import varlen_attention
+from attngraph.frontends.paged import paged_attention, paged_self_attention
 from attngraph.ir import DType, Graph, Node, Op, TensorType, Value
 from attngraph.ir.builder import GraphBuilder
 from attngraph.ir.printer import format_graph
@@ -71,4 +72,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "select_backend", "self_attention", "to_json", "verify_graph",
     "absorb_mla", "latent_attention",
     "varlen_attention",
+    "paged_attention", "paged_self_attention",
 ]
