@@ -56,6 +56,7 @@ from attngraph.lowering.compile import compile  # noqa: F401 - public, but not i
 from attngraph.lowering.export import export_onnx
 from attngraph.lowering.registry import available_backends, get_backend, register_backend
 from attngraph.lowering.session import DecodeSession
+from attngraph.lowering.paged_session import BlockAllocator, PagedDecodeSession
 from attngraph.lowering.weights import Weights
 from attngraph.passes import PIPELINES, run_pipeline
 from attngraph.passes.absorb_mla import absorb_mla
@@ -72,5 +73,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "select_backend", "self_attention", "to_json", "verify_graph",
     "absorb_mla", "latent_attention",
     "varlen_attention",
-    "paged_attention", "paged_self_attention",
+    "paged_attention", "paged_self_attention", "BlockAllocator", "PagedDecodeSession",
 ]
