@@ -21,6 +21,14 @@ def _gathered(pool, table: np.ndarray, layout: str, n: int, cd) -> np.ndarray:
     return np.ascontiguousarray(blocks.reshape(b, h, m * bs, d), dtype=cd)
 
 
+# keys per online-softmax tile of the paged kernel (the tile spans blocks: any block size runs the same loop)
+PAGED_BLOCK_K = 256
+# key rows (kv heads x keys) of one tile's scratch: 8 kv heads x 256 keys, the decode kernel's tile per head.
+# Measured (B8, 32/8 heads, dim 128, 4095 cached tokens, 2 cores; x the contiguous step): 256 rows 1.32-1.44x,
+# 512 1.10-1.23x, 1024 0.98-1.13x, 2048 0.93-1.11x (fewer, larger BLAS calls; bench/reports/cpu-serving-paged.md)
+PAGED_TILE_ROWS = 2048
+
+
 @base.rules.register(base.Op.PAGED_ATTENTION)
 def _paged_attention(ctx: NodeCtx, q, k_pool, v_pool, table, seq_lens):
     a = ctx.node.attr_dict
@@ -43,12 +51,15 @@ def _paged_attention(ctx: NodeCtx, q, k_pool, v_pool, table, seq_lens):
             from attngraph_backends.numba.paged_decode import paged_decode_attention
 
             kp, vp = np.ascontiguousarray(k_pool), np.ascontiguousarray(v_pool)  # the pool itself: no copy
-            hkv = block_geometry(ctx.node.inputs[1].type, layout)[2]
+            _, bs, hkv, _ = block_geometry(ctx.node.inputs[1].type, layout)
+            k_rows, v_rows = kp.reshape(-1, kp.shape[3]), vp.reshape(-1, vp.shape[3])  # views: one head, one slot
             longest = int(lengths.max(initial=0))
-            splits = max(1, min(-(-4 * numba.get_num_threads() // max(1, batch * hkv)),
-                                -(-longest // base.DECODE_BLOCK_K)))
-            paged_decode_attention(qc, kp, vp, layout == "NHD", rows, lengths, scale, softcap, causal,
-                                   base.DECODE_BLOCK_K, splits, out)
+            nh = hkv  # one task reads whole blocks (all heads: one contiguous run of the pool, either layout)
+            block_k = max(32, min(PAGED_BLOCK_K, PAGED_TILE_ROWS // nh))
+            tasks = max(1, batch * (hkv // nh))
+            splits = max(1, min(-(-4 * numba.get_num_threads() // tasks), -(-longest // block_k)))
+            paged_decode_attention(qc, k_rows, v_rows, layout == "NHD", hkv, bs, nh, rows, lengths, scale, softcap,
+                                   causal, block_k, splits, out)
         else:
             n = block_geometry(ctx.node.inputs[1].type, layout)[0]
             kc, vc = _gathered(k_pool, rows, layout, n, cd), _gathered(v_pool, rows, layout, n, cd)
