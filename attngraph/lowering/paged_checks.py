@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from attngraph.errors import InputError
-from attngraph.ir import Graph, Node, Op, Value, dims
+from attngraph.ir import Graph, Op, Value, dims
 from attngraph.ir.paged_specs import block_geometry
 
 _FIX_COW = ("Fix: give the row that appends its own copy of the block (copy-on-write; PagedDecodeSession does it), "

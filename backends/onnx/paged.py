@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from attngraph_backends.onnx.fused import ATTENTION_STYLE, CONTRIB_STYLE
 from attngraph_backends.onnx.rules import DECOMPOSED, _e, _hint
 
 from attngraph.ir import Op
 from attngraph.ir.paged_specs import block_geometry
 
 
-@DECOMPOSED.register(Op.PAGED_CACHE_UPDATE)
 def _paged_cache_update(ctx, pool, new, table, lengths):
     e = _e(ctx)
     layout = ctx.attr("layout")
@@ -39,3 +39,9 @@ def _paged_cache_update(ctx, pool, new, table, lengths):
                  e.op("Expand", [e.unsqueeze(offset, [2]), target])]
         index = e.op("Concat", [e.unsqueeze(p, [3]) for p in parts], axis=3)
     return e.op("ScatterND", [pool, index, updates], hint=_hint(ctx))
+
+
+# every style's table (the styles copy DECOMPOSED when fused.py loads, so each gets the rule itself);
+# export.py imports this module (rules.py importing it would be an import cycle)
+for _table in (DECOMPOSED, ATTENTION_STYLE, CONTRIB_STYLE):
+    _table.register(Op.PAGED_CACHE_UPDATE)(_paged_cache_update)

@@ -199,7 +199,3 @@ def _merge_heads(ctx, x):
     e, t = _e(ctx), ctx.node.output.type
     tr = e.op("Transpose", [x], perm=[0, 2, 1, 3])
     return e.op("Reshape", [tr, e.i64([0, 0, int(t.shape[2])])], hint=_hint(ctx))
-
-
-# the paged KV cache's write (ScatterND), in its own file; imported here so every style's table starts with it
-from attngraph_backends.onnx import paged  # noqa: E402, F401
