@@ -1,14 +1,16 @@
 """Numba kernel of ``paged_attention``: queries against a paged KV cache, reading each row's blocks in place.
 
-The work is split as the float decode kernel's (``decode.py``, flash-decoding): tasks are (batch row, kv head,
-key range), each serving every q head of its GQA group and every query, with an online-softmax partial per row
-and ``_merge`` to join the splits. What differs is where a key lives: row ``b``'s logical key ``j`` is slot
-``j % block_size`` of block ``block_table[b, j // block_size]`` of the pool, so a task walks its key range tile
-by tile, reading each key's and value's ``head_dim`` contiguous floats straight from their block (the pool viewed
-as rows of one head at one slot) into the two products, written as loops: a decode tile's products are (group x
-head_dim) by (head_dim x keys), too small for BLAS to beat a vectorised loop, and a per-tile copy into a BLAS
-scratch measured 1.6-1.9x the contiguous step. Nothing ever copies a row's cache. ``layout`` NHD (num_blocks,
-block_size, heads, dim) and HND (num_blocks, heads, block_size, dim) differ only in the row index of a slot.
+The work is split as the float decode kernel's (``decode.py``, flash-decoding), with an online-softmax partial per
+score row and ``_merge`` to join the key-range splits, but a task is (batch row, a group of ``heads_per_task`` kv
+heads, key range) and serves every q head of those kv heads. Row ``b``'s logical key ``j`` is slot ``j %
+block_size`` of block ``block_table[b, j // block_size]``, and a block holds every kv head's slots in one
+contiguous run (NHD (num_blocks, block_size, heads, dim) and HND (num_blocks, heads, block_size, dim) alike), so a
+task serving all kv heads reads each block once, front to back. It walks its key range in tiles of ``block_k``
+keys: ``_copy_tile`` moves the tile's keys (then values) of each head from their blocks into a scratch
+``(heads, block_k, dim)`` (the block and offset advance slot by slot, no division or array view per key), and one
+BLAS product per head follows. Nothing ever copies a row's whole cache. Measured (B8, 4096 tokens, 32/8 heads,
+D128, 2 cores): 1.03x the contiguous decode step at block size 128, 1.2x at 16; staging one head at a time from the
+strided NHD rows ran 1.6-1.9x, hand-written products without staging 1.5-4x.
 
 Masks are the decode kernel's (``_mask_rows``): the queries are the row's last ``S`` positions (causal
 bottom-right), keys past ``seq_lens[b]`` are never read (their blocks may hold NaN), a NaN in a kept key
