@@ -44,6 +44,7 @@ from attngraph.frontends.onnx_import import from_onnx
 from attngraph.frontends.torch_import import from_torch
 from attngraph.frontends.transformers import from_transformers
 from attngraph.frontends.varlen import varlen_attention
+from attngraph.frontends.paged import paged_attention, paged_self_attention
 from attngraph.ir import DType, Graph, Node, Op, TensorType, Value
 from attngraph.ir.builder import GraphBuilder
 from attngraph.ir.printer import format_graph
@@ -55,6 +56,7 @@ from attngraph.lowering.compile import compile  # noqa: F401 - public, but not i
 from attngraph.lowering.export import export_onnx
 from attngraph.lowering.registry import available_backends, get_backend, register_backend
 from attngraph.lowering.session import DecodeSession
+from attngraph.lowering.paged_session import BlockAllocator, PagedDecodeSession
 from attngraph.lowering.weights import Weights
 from attngraph.passes import PIPELINES, run_pipeline
 from attngraph.passes.absorb_mla import absorb_mla
@@ -71,4 +73,5 @@ __all__ = [  # `compile` is left out so `from attngraph import *` never shadows 
     "select_backend", "self_attention", "to_json", "verify_graph",
     "absorb_mla", "latent_attention",
     "varlen_attention",
+    "paged_attention", "paged_self_attention", "BlockAllocator", "PagedDecodeSession",
 ]

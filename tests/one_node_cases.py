@@ -148,3 +148,15 @@ ONE_NODE[Op.QUANT_ATTENTION] = lambda: _one(
     [_arr((2, 4, 2, 6)), RNG.integers(-127, 128, size=(2, 2, 7, 6)).astype(np.int8), _arr((2, 2, 7, 1), 0.001, 0.03),
      RNG.integers(-127, 128, size=(2, 2, 7, 5)).astype(np.int8), _arr((2, 1, 1), 0.001, 0.03), np.array([7, 3])],
     scale=0.4, causal=True, align="lengths", operands=("lengths",))
+# the paged KV cache: an NHD pool of 6 blocks of 3, tables out of order with -1 padding; the write crosses a block
+# edge (row 0: positions 2..3), the read is causal bottom-right over 4 and 5 keys with 4 q heads on 2 kv heads
+_PTABLE = np.array([[4, 1, -1], [0, 5, -1]], np.int32)
+ONE_NODE[Op.PAGED_CACHE_UPDATE] = lambda: _one(
+    Op.PAGED_CACHE_UPDATE, [("pool", F32, (6, 3, 2, 4)), ("new", F32, ("batch", 2, "s", 4)),
+                            ("table", "int32", ("batch", 3)), ("n", "int64", ("batch",))],
+    [_arr((6, 3, 2, 4)), _arr((2, 2, 2, 4)), _PTABLE, np.array([2, 1])])
+ONE_NODE[Op.PAGED_ATTENTION] = lambda: _one(
+    Op.PAGED_ATTENTION, [("q", F32, ("batch", 4, "s", 4)), ("kp", F32, (6, 2, 3, 4)), ("vp", F32, (6, 2, 3, 5)),
+                         ("table", "int32", ("batch", 3)), ("n", "int64", ("batch",))],
+    [_arr((2, 4, 2, 4)), _arr((6, 2, 3, 4)), _arr((6, 2, 3, 5)), _PTABLE, np.array([4, 5])], scale=0.5,
+    layout="HND")

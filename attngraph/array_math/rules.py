@@ -291,3 +291,17 @@ def _varlen_attention(ctx, q, k, v, cu_q, cu_k):
                          window_left=int(ctx.attr("window_left")), window_right=int(ctx.attr("window_right")),
                          softcap=float(ctx.attr("softcap")))
     return out(ctx, y)
+
+
+# ---- the paged KV cache's write, in place (array_math/paged.py) -------------------------------------------------
+
+@ARRAY_RULES.register(Op.PAGED_CACHE_UPDATE)
+def _paged_cache_update(ctx, pool, new, table, lengths):
+    """Write into the pool's own buffer when the backend may (``cache_inplace``, as the static cache's rule)."""
+    from attngraph.array_math.paged import write_paged
+
+    xp = ctx.state.xp
+    writable = getattr(getattr(pool, "flags", None), "writeable", True)
+    target = pool if ctx.state.extra.get("cache_inplace", True) and writable else xp.asarray(pool, copy=True)
+    write_paged(xp, target, new, table, lengths, ctx.attr("layout"))
+    return target

@@ -16,6 +16,7 @@ from attngraph.conformance.case import Case
 from attngraph.conformance.latent_cases import latent_cases
 from attngraph.conformance.varlen_cases import varlen_cases
 from attngraph.conformance.quant_cases import quant_cases
+from attngraph.conformance.paged_cases import paged_cases
 from attngraph.frontends.constructors import causal_self_attention, core_attention, cross_attention, self_attention
 from attngraph.ir import Graph
 from attngraph.lowering.weights import Weights
@@ -172,6 +173,7 @@ def named_cases() -> list[Case]:
     cases += latent_cases()
     cases += varlen_cases()
     cases += quant_cases()
+    cases += paged_cases()
     for short, shape in MASK_SHAPES.items():
         cases.append(_core(f"mask_rank_{short}", f"a bool mask of shape {shape} broadcasts right-aligned",
                            mask="bool", mask_shape=shape))

@@ -49,6 +49,9 @@ class Op(enum.StrEnum):
     QUANTIZE = "quantize"          # x / scale, saturated, rounded half to even, stored int8 / float8; attrs: dtype
     DEQUANTIZE = "dequantize"      # float(q) * scale; attrs: dtype (the float result)
     QUANT_ATTENTION = "quant_attention"  # attention reading a quantized K/V and their scales; passes.fuse_quant_attention
+    # ---- attention ops: the paged KV cache (attngraph.ir.paged_specs)
+    PAGED_CACHE_UPDATE = "paged_cache_update"  # new (B,H,S,D) written into blocks via the block table; attrs: layout
+    PAGED_ATTENTION = "paged_attention"  # attention reading each row's blocks in table order; attrs: scale, causal, ...
     # ---- primitives: values
     CONST = "const"                # a scalar or 1-D constant (a symbolic dim's value too); attrs: value, dtype
     IOTA = "iota"                  # 0, 1, ..., length-1; attrs: length (may be symbolic), dtype

@@ -123,6 +123,18 @@ SEMANTICS: tuple[Rule, ...] = (
          ("quant_int8_outlier_per_token", "quant_int8_outlier_per_head", "quant_int8_round_half_even",
           "quant_int8_chunk", "quant_float8_outlier_per_token", "quant_float8_per_head",
           "quant_float8_round_half_even")),
+    Rule("paged KV cache (`paged_cache_update`, `paged_attention`)", "a pool of fixed-size blocks, named layout "
+         "`NHD` `(num_blocks, block_size, kv_heads, head_dim)` (vLLM) or `HND` `(num_blocks, kv_heads, block_size, "
+         "head_dim)`; row `b`'s position `p` is slot `p % block_size` of block `block_table[b, p // block_size]`; the "
+         "write puts new token `s` at position `cache_lengths[b] + s` (in place), the read attends over positions "
+         "`0 .. seq_lens[b] - 1` in table order, causal bottom-right (query `i` sees `j <= seq_lens[b] - S + i`); "
+         "slots past the length and table columns past the ones needed are never read (NaN, garbage, `-1`); a block "
+         "id out of range, a table too short, a slot collision or a write into a block another row reads is an "
+         "`InputError`",
+         ("paged_block_table_out_of_order", "paged_shared_prefix_block", "paged_sequence_ends_mid_block",
+          "paged_block_size_1", "paged_unused_blocks_nan_inf_garbage", "paged_chunk_crosses_block_edge_causal",
+          "paged_hnd_layout_gqa_shared", "paged_first_token_empty_row", "paged_softcap_non_causal",
+          "paged_layer_rotary_at_cached_positions")),
 )
 
 

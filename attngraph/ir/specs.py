@@ -22,6 +22,7 @@ from attngraph.ir.cache_specs import CACHE_SPECS
 from attngraph.ir.graph import Attr
 from attngraph.ir.latent_specs import LATENT_SPECS
 from attngraph.ir.quant_specs import QUANT_SPECS
+from attngraph.ir.paged_specs import PAGED_SPECS
 from attngraph.ir.op import Op
 from attngraph.ir.position_specs import POSITION_SPECS
 from attngraph.ir.primitive_specs import PRIMITIVE_SPECS
@@ -30,7 +31,7 @@ from attngraph.ir.types import TensorType
 from attngraph.ir.varlen_specs import VARLEN_SPECS
 
 OPS: dict[Op, OpSpec] = {op: {**ATTENTION_SPECS, **POSITION_SPECS, **CACHE_SPECS, **LATENT_SPECS, **VARLEN_SPECS,
-                              **QUANT_SPECS, **PRIMITIVE_SPECS}[op] for op in Op}
+                              **QUANT_SPECS, **PAGED_SPECS, **PRIMITIVE_SPECS}[op] for op in Op}
 
 # attributes holding a dim (int or symbol): kept in canonical spelling so equal dims compare equal
 DIM_ATTRS = frozenset({"offset", "length", "start", "stop"})

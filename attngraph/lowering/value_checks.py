@@ -29,6 +29,7 @@ from attngraph.errors import InputError
 from attngraph.ir import Graph, Node, Op, Value, dims
 from attngraph.ir.types import INT_DTYPES
 from attngraph.lowering.varlen_checks import check_varlen, varlen_plans
+from attngraph.lowering.paged_checks import check_paged, paged_plans
 
 # the integer ops a checked value may be computed with (what the constructors and importers emit)
 _INDEX_OPS = frozenset({Op.CONST, Op.IOTA, Op.CAST, Op.RESHAPE, Op.ADD, Op.SUB, Op.MINIMUM, Op.MAXIMUM})
@@ -96,11 +97,18 @@ class ValueChecks:
         plans.sort(key=lambda plan: bool(plan[1]))
         self._plans = tuple(plans)
         self._varlen = varlen_plans(graph)  # packed sequences' cu_seqlens (varlen_checks)
+        # paged caches' block tables (paged_checks), each with its lengths' integer cone (None: left to the op)
+        paged = [(p, _cone(p.lengths, producers, inputs)) for p in paged_plans(graph)]
+        self._paged = tuple(p for p, cone in paged if cone is not None)
+        self._paged_cones = {p.lengths: cone[0] for p, cone in paged if cone is not None}
 
     def __call__(self, given: Mapping[str, Any], sizes: Mapping[str, int]) -> None:
         if self._varlen:
             check_varlen(self._varlen, given, sizes)
         env: dict[str, np.ndarray] = {}
+        if self._paged:
+            check_paged(self._paged, given, sizes, lambda v: _evaluate(Bound("lengths", v, ()), self._paged_cones[v],
+                                                                       given, sizes, env))
         for bound, cone, sources in self._plans:
             values = _evaluate(bound, cone, given, sizes, env)
             if not values.size:

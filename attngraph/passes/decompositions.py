@@ -12,6 +12,7 @@ first and results cast back to the node's output dtype, the IR's precision rule.
 from attngraph.passes import attention_decompositions, latent_decompositions, position_decompositions  # noqa: F401
 from attngraph.passes import varlen_decompositions  # noqa: F401
 from attngraph.passes import quant_decompositions  # noqa: F401
+from attngraph.passes import paged_decompositions  # noqa: F401
 from attngraph.passes.attention_decompositions import exact_dot, grouped_dot, keep_mask
 from attngraph.passes.decomposition_registry import DECOMPOSITIONS, USES, Decomposition, decomposes
 

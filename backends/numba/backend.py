@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array_api_compat.numpy as xp
 from attngraph_backends.numba import quant_rule  # noqa: F401 - registers quant_attention's rule in `rules`
+from attngraph_backends.numba import paged_rule  # noqa: F401 - registers paged_attention's rule in `rules`
 from attngraph_backends.numba.rules import rules
 
 from attngraph.array_math import ArrayState, numpy_dtypes

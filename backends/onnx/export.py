@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from attngraph_backends.onnx import paged  # noqa: F401 - registers paged_cache_update's ScatterND rule
 from attngraph_backends.onnx.emitter import OnnxEmitter
 from attngraph_backends.onnx.fused import ATTENTION_STYLE, CONTRIB_STYLE
 from attngraph_backends.onnx.rules import DECOMPOSED

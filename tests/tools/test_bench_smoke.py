@@ -105,3 +105,20 @@ def test_quant_bench_quick_runs_every_contender(tmp_path):
         assert row is not None, f"no row for {name}:\n{text}"
         assert float(row.rstrip(" |").split("|")[-1]) < 0.1, row  # within the int8 step, far from garbage
     assert "x the fp32 step" in text
+
+
+def test_serving_bench_quick_runs_every_paged_row(tmp_path):
+    """``python -m bench.serving --quick``: each backend's contiguous static-cache step and its paged rows (block
+    size 16 and 128, NHD and HND), a time, a ratio to the contiguous step and an error against float64 each."""
+    out = tmp_path / "serving.md"
+    cmd = [sys.executable, "-m", "bench.serving", "--quick", "--rounds", "1", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
+    for backend in ("numpy", "numba", "torch", "onnx"):
+        for row in ("contiguous (static cache)", "paged bs16 NHD", "paged bs128 NHD", "paged bs16 HND"):
+            cells = rows[f"{backend} {row}"]
+            assert float(cells[0]) > 0 and float(cells[2]) > 0 and float(cells[-1]) < 1e-5, (backend, row, cells)
+    assert "Load before" in text

@@ -17,10 +17,12 @@ from attngraph.conformance.reference.position_ops import POSITION_OPS
 from attngraph.conformance.reference.primitive_ops import PRIMITIVE_OPS
 from attngraph.conformance.reference.varlen_ops import VARLEN_OPS
 from attngraph.conformance.reference.quant_ops import QUANT_OPS
+from attngraph.conformance.reference.paged_ops import PAGED_OPS
 from attngraph.ir import Graph, Op, dims
 from attngraph.ir.types import QUANT_DTYPES
 
-RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **VARLEN_OPS, **QUANT_OPS, **PRIMITIVE_OPS}[op] for op in Op}
+RULES = {op: {**ATTENTION_OPS, **POSITION_OPS, **LATENT_OPS, **VARLEN_OPS, **QUANT_OPS, **PAGED_OPS,
+                  **PRIMITIVE_OPS}[op] for op in Op}
 
 
 def evaluate(graph: Graph, weights: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> dict:
