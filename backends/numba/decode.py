@@ -29,6 +29,25 @@ from attngraph_backends.numba.kernels import (
 from numba import njit, prange
 
 
+@njit(cache=True)
+def split_task(task, hkv, splits, lengths, offsets, n_keys, sq, causal, wl, wr, block_k):
+    """The split-K decode task ``task`` of (batch row, kv head, key range): ``(b, kv head, length, j_start, j_end,
+    first_block, end_block)``, the key blocks ``[first_block, end_block)`` of ``block_k`` keys from ``j_start``
+    that this split reads (causal, window and key length already cut; a length past the keys means all of them)."""
+    b = task // (hkv * splits)
+    kvh = (task // splits) % hkv
+    split = task % splits
+    length = max(0, min(lengths[b], n_keys))
+    first_pos, last_pos = offsets[b], offsets[b] + sq - 1
+    j_end = min(length, last_pos + 1) if causal else length
+    if wr >= 0:
+        j_end = min(j_end, last_pos + wr + 1)
+    j_start = max(0, first_pos - wl) if wl >= 0 else 0
+    n_blocks = max(0, (j_end - j_start + block_k - 1) // block_k)
+    per_split = (n_blocks + splits - 1) // splits
+    return b, kvh, length, j_start, j_end, split * per_split, min(n_blocks, (split + 1) * per_split)
+
+
 @njit(cache=True, fastmath=FASTMATH)
 def _mask_rows(s, b, kv_head, group, sq, j0, off, length, scale, softcap, causal, wl, wr, slopes_pre, slopes_post,
                rel, rel_dmin, has_rel):
@@ -69,22 +88,14 @@ def decode_attention(q, k, v, offsets, lengths, scale, softcap, causal, wl, wr, 
     part_acc = np.zeros((batch, hkv, splits, rows, dv), dtype=q.dtype)
     has_position = has_position_bias(slopes_pre, slopes_post, has_rel)
     for task in prange(batch * hkv * splits):
-        b = task // (hkv * splits)
-        kvh = (task // splits) % hkv
+        b, kvh, length, j_start, j_end, first_blk, end_blk = split_task(
+            task, hkv, splits, lengths, offsets, k.shape[2], sq, causal, wl, wr, block_k)
+        first_pos = offsets[b]
         split = task % splits
-        length = max(0, min(lengths[b], k.shape[2]))  # a length past the keys means all of them
-        first_pos, last_pos = offsets[b], offsets[b] + sq - 1
-        j_end = min(length, last_pos + 1) if causal else length
-        if wr >= 0:
-            j_end = min(j_end, last_pos + wr + 1)
-        j_start = max(0, first_pos - wl) if wl >= 0 else 0
-        n_blocks = max(0, (j_end - j_start + block_k - 1) // block_k)
-        per_split = (n_blocks + splits - 1) // splits
         qg = q[b, kvh * group:(kvh + 1) * group].reshape(rows, d) * scale
         m, l_sum, acc = part_m[b, kvh, split], part_l[b, kvh, split], part_acc[b, kvh, split]
         s_flat = np.empty(rows * block_k, dtype=q.dtype)
         pv = np.empty((rows, dv), dtype=q.dtype)
-        first_blk, end_blk = split * per_split, min(n_blocks, (split + 1) * per_split)
         for step in range(max(0, end_blk - first_blk)):
             # nearest keys first under a position bias (as the prefill kernel: the max is found at once)
             blk = end_blk - 1 - step if has_position else first_blk + step

@@ -16,7 +16,7 @@ reaches the output (``_skip_zero_weights``).
 from __future__ import annotations
 
 import numpy as np
-from attngraph_backends.numba.decode import _mask_rows, _merge
+from attngraph_backends.numba.decode import _mask_rows, _merge, split_task
 from attngraph_backends.numba.exp import FASTMATH
 from attngraph_backends.numba.kernels import _online_softmax_rows, _skip_zero_weights
 from numba import njit, prange
@@ -36,24 +36,16 @@ def latent_decode(q_lat, q_rope, c, k_rope, offsets, lengths, scale, causal, wl,
     zeros = np.zeros(hq, dtype=q_lat.dtype)
     rel = np.zeros((hq, 1), dtype=q_lat.dtype)
     for task in prange(batch * hkv * splits):
-        b = task // (hkv * splits)
-        kvh = (task // splits) % hkv
+        b, kvh, length, j_start, j_end, first_blk, end_blk = split_task(
+            task, hkv, splits, lengths, offsets, c.shape[2], sq, causal, wl, wr, block_k)
+        first_pos = offsets[b]
         split = task % splits
-        length = max(0, min(lengths[b], c.shape[2]))  # a length past the keys means all of them
-        first_pos, last_pos = offsets[b], offsets[b] + sq - 1
-        j_end = min(length, last_pos + 1) if causal else length
-        if wr >= 0:
-            j_end = min(j_end, last_pos + wr + 1)
-        j_start = max(0, first_pos - wl) if wl >= 0 else 0
-        n_blocks = max(0, (j_end - j_start + block_k - 1) // block_k)
-        per_split = (n_blocks + splits - 1) // splits
         qg = q_lat[b, kvh * group:(kvh + 1) * group].reshape(rows, r) * scale
         qr = q_rope[b, kvh * group:(kvh + 1) * group].reshape(rows, dr) * scale
         m, l_sum, acc = part_m[b, kvh, split], part_l[b, kvh, split], part_acc[b, kvh, split]
         s_flat = np.empty(rows * block_k, dtype=q_lat.dtype)
         t_flat = np.empty(rows * block_k, dtype=q_lat.dtype)
         pv = np.empty((rows, r), dtype=q_lat.dtype)
-        first_blk, end_blk = split * per_split, min(n_blocks, (split + 1) * per_split)
         for blk in range(first_blk, end_blk):
             j0 = j_start + blk * block_k
             j1 = min(j_end, j0 + block_k)

@@ -17,7 +17,7 @@ Masks, biases, sinks and NaN rules are the float kernel's; a key of weight 0 tak
 from __future__ import annotations
 
 import numpy as np
-from attngraph_backends.numba.decode import _mask_rows, _merge
+from attngraph_backends.numba.decode import _mask_rows, _merge, split_task
 from attngraph_backends.numba.exp import FASTMATH
 from attngraph_backends.numba.kernels import _online_softmax_rows, _skip_zero_weights, has_position_bias
 from numba import njit, prange
@@ -58,24 +58,16 @@ def quant_decode_attention(q, k, k_scale, v, v_scale, lut, use_lut, offsets, len
     part_acc = np.zeros((batch, hkv, splits, rows, dv), dtype=q.dtype)
     has_position = has_position_bias(slopes_pre, slopes_post, has_rel)
     for task in prange(batch * hkv * splits):
-        b = task // (hkv * splits)
-        kvh = (task // splits) % hkv
+        b, kvh, length, j_start, j_end, first_blk, end_blk = split_task(
+            task, hkv, splits, lengths, offsets, k.shape[2], sq, causal, wl, wr, block_k)
+        first_pos = offsets[b]
         split = task % splits
-        length = max(0, min(lengths[b], k.shape[2]))
-        first_pos, last_pos = offsets[b], offsets[b] + sq - 1
-        j_end = min(length, last_pos + 1) if causal else length
-        if wr >= 0:
-            j_end = min(j_end, last_pos + wr + 1)
-        j_start = max(0, first_pos - wl) if wl >= 0 else 0
-        n_blocks = max(0, (j_end - j_start + block_k - 1) // block_k)
-        per_split = (n_blocks + splits - 1) // splits
         qg = q[b, kvh * group:(kvh + 1) * group].reshape(rows, d) * scale
         m, l_sum, acc = part_m[b, kvh, split], part_l[b, kvh, split], part_acc[b, kvh, split]
         s_flat = np.empty(rows * block_k, dtype=q.dtype)
         k_tile = np.empty((block_k, d), dtype=q.dtype)   # one tile of widened keys: the only float copy
         v_tile = np.empty((block_k, dv), dtype=q.dtype)
         pv = np.empty((rows, dv), dtype=q.dtype)
-        first_blk, end_blk = split * per_split, min(n_blocks, (split + 1) * per_split)
         for step in range(max(0, end_blk - first_blk)):
             blk = end_blk - 1 - step if has_position else first_blk + step
             j0 = j_start + blk * block_k
