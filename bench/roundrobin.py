@@ -4,6 +4,7 @@ other work on a shared machine hits every contender alike, and medians with thei
 from __future__ import annotations
 
 import os
+import subprocess
 import statistics
 import time
 from collections.abc import Callable, Mapping
@@ -58,6 +59,14 @@ def round_robin(runs: Mapping[str, Callable[[], object]], *, rounds: int = 7, wa
         if r >= 2 and time.perf_counter() - start > budget_s:
             break
     return {name: Timing(name, s) for name, s in samples.items()}
+
+
+def load_line() -> str:
+    """``uptime``'s line (the machine's load, for a report), or the load averages where it is missing."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except OSError:
+        return f"load average: {os.getloadavg()}"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> str:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 
 import numpy as np
 
-from bench.roundrobin import publish, round_robin, table  # sets OMP_WAIT_POLICY before torch loads
+from bench.roundrobin import load_line, publish, round_robin, table  # sets OMP_WAIT_POLICY before torch loads
 
 # row name -> (block_size, layout); each runs on every backend of --backends, beside that backend's contiguous step
 PAGED_ROWS = {
@@ -145,13 +144,6 @@ def paged_rows(args, pb: Problem) -> dict[str, tuple[Callable, str]]:
 ROW_BUILDERS = [paged_rows]  # each: (args, problem) -> {name: (run, baseline name)}
 
 
-def _load() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except OSError:
-        return f"load average: {os.getloadavg()}"
-
-
 def main(argv=None) -> int:
     args = _args(argv)
     pb = Problem(args)
@@ -161,9 +153,9 @@ def main(argv=None) -> int:
     ref = pb.reference()
     errors = {name: float(np.abs(np.asarray(run(), np.float64) - ref).max() / np.abs(ref).max())
               for name, (run, base) in runs.items() if base is not None}
-    load_before = _load()
+    load_before = load_line()
     timings = round_robin({n: r for n, (r, _) in runs.items()}, rounds=args.rounds, warmup=2, budget_s=args.budget)
-    load_after = _load()
+    load_after = load_line()
     floor = timings["floor: copy the cache"].median_ms
     rows = []
     for name, t in timings.items():

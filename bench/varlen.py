@@ -26,12 +26,10 @@ its valid rows against a float64 per-sequence reference.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 
 import numpy as np
 
-from bench.roundrobin import publish, round_robin, table  # sets OMP_WAIT_POLICY before torch loads
+from bench.roundrobin import load_line, publish, round_robin, table  # sets OMP_WAIT_POLICY before torch loads
 
 DEFAULT_LENGTHS = [64, 2048, 128, 1024, 256, 512, 96, 1536]
 
@@ -163,13 +161,6 @@ def contenders(args):
     }, (q, k, v, cu_q, cu_k), q_lens
 
 
-def _load() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
-    except OSError:
-        return f"load average: {os.getloadavg()}"
-
-
 def main(argv=None) -> int:
     args = _args(argv)
     runs, problem, q_lens = contenders(args)
@@ -178,9 +169,9 @@ def main(argv=None) -> int:
     for name, run in runs.items():
         got = np.asarray(run(), np.float64)
         errors[name] = float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-    load_before = _load()
+    load_before = load_line()
     timings = round_robin(runs, rounds=args.rounds, warmup=1, budget_s=args.budget)
-    load_after = _load()
+    load_after = load_line()
     lengths, chunk = args.lengths, bool(args.q_len)
     real, padded = sum(lengths), len(lengths) * max(lengths)
     width = max(q_lens)

@@ -12,6 +12,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _quick_report(tmp_path, module: str, *args: str) -> str:
+    """Run ``python -m module *args --out REPORT`` from the repository root; its Markdown report."""
+    out = tmp_path / "report.md"
+    proc = subprocess.run([sys.executable, "-m", module, *args, "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return out.read_text()
+
+
 def test_quick_bench_produces_every_figure(tmp_path):
     out = tmp_path / "res"
     cmd = [sys.executable, "-m", "bench", "--quick", "--impls", "all", "--seqs", "32", "--repeats", "2", "--min-repeats", "1",
@@ -41,12 +50,7 @@ def test_quick_bench_produces_every_figure(tmp_path):
 def test_generate_bench_quick_runs_every_contender(tmp_path):
     """``python -m bench.generate --quick``: a row per contender (each backend, sdpa, eager), greedy tokens equal to
     eager's, and the attention share of prefill and decode for each."""
-    out = tmp_path / "generate.md"
-    cmd = [sys.executable, "-m", "bench.generate", "--quick", "--rounds", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
+    text = _quick_report(tmp_path, "bench.generate", "--quick", "--rounds", "1")
     names = ["attngraph-numba", "attngraph-torch", "attngraph-onnx", "attngraph-numpy", "sdpa", "eager"]
     rows = [line for line in text.splitlines() if line.startswith("| ") and line.split("|")[1].strip() in names]
     assert len(rows) == 2 * len(names), text  # the speed table and the attention split
@@ -58,12 +62,7 @@ def test_latent_bench_quick_runs_every_contender(tmp_path):
     """``python -m bench.latent --quick``: the MLA core step on every backend beside the hand-written torch core,
     the layer step beside transformers' DeepseekV3Attention, each with its error against the float64 reference
     (the core) or eager (the layer) and its ratio to the bandwidth floor."""
-    out = tmp_path / "latent.md"
-    cmd = [sys.executable, "-m", "bench.latent", "--quick", "--rounds", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
+    text = _quick_report(tmp_path, "bench.latent", "--quick", "--rounds", "1")
     core = [f"attngraph-{b}" for b in ("numba", "numpy", "torch", "onnx")] + ["torch absorbed core by hand"]
     layer = ["transformers DeepseekV3Attention sdpa", "attngraph-numba absorbed", "attngraph-numba naive"]
     for name in core + layer:
@@ -77,12 +76,7 @@ def test_latent_bench_quick_runs_every_contender(tmp_path):
 def test_varlen_bench_quick_runs_every_contender(tmp_path):
     """``python -m bench.varlen --quick``: the packed varlen prefill and the padded batch, attngraph's and torch SDPA's,
     a time and an error against the float64 per-sequence reference for each, and the load recorded."""
-    out = tmp_path / "varlen.md"
-    cmd = [sys.executable, "-m", "bench.varlen", "--quick", "--rounds", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
+    text = _quick_report(tmp_path, "bench.varlen", "--quick", "--rounds", "1")
     names = ["attngraph-numba varlen", "attngraph-numba padded", "attngraph-torch varlen", "attngraph-numpy varlen",
              "attngraph-onnx varlen", "torch SDPA block-diagonal", "torch SDPA padded"]
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
@@ -94,12 +88,7 @@ def test_varlen_bench_quick_runs_every_contender(tmp_path):
 
 def test_quant_bench_quick_runs_every_contender(tmp_path):
     """``python -m bench.quant --quick``: the fp32 baseline and every quantized contender, each with its error."""
-    out = tmp_path / "quant.md"
-    cmd = [sys.executable, "-m", "bench.quant", "--quick", "--rounds", "1", "--budget", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
+    text = _quick_report(tmp_path, "bench.quant", "--quick", "--rounds", "1", "--budget", "1")
     for name in ("numba fp32 (baseline)", "numba int8 per token+head", "numba int8 per head", "onnx int8 per token+head"):
         row = next((line for line in text.splitlines() if line.startswith(f"| {name} |")), None)
         assert row is not None, f"no row for {name}:\n{text}"
@@ -110,12 +99,7 @@ def test_quant_bench_quick_runs_every_contender(tmp_path):
 def test_serving_bench_quick_runs_every_paged_row(tmp_path):
     """``python -m bench.serving --quick``: each backend's contiguous static-cache step and its paged rows (block
     size 16 and 128, NHD and HND), a time, a ratio to the contiguous step and an error against float64 each."""
-    out = tmp_path / "serving.md"
-    cmd = [sys.executable, "-m", "bench.serving", "--quick", "--rounds", "1", "--out", str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    text = out.read_text()
+    text = _quick_report(tmp_path, "bench.serving", "--quick", "--rounds", "1")
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in text.splitlines() if line.startswith("| ")}
     for backend in ("numpy", "numba", "torch", "onnx"):
         for row in ("contiguous (static cache)", "paged bs16 NHD", "paged bs128 NHD", "paged bs16 HND"):
